@@ -1,0 +1,154 @@
+/* config: the daemon's configuration as plain data. The file format (see
+ * docs/config.md and etc/submitd.conf) is line based: `key value...`, with
+ * `name ARG {` ... `}` blocks; `#` starts a comment; values may be
+ * "double quoted". Every key is declared once in a table in config.c with
+ * its type, bounds and default; errors come back as `file:line: message`.
+ * A loaded config is immutable and reference counted: a reload (SIGHUP)
+ * builds a new one and swaps it in, sessions keep the one they started
+ * with until they end. */
+#ifndef SUBMITD_CONFIG_H
+#define SUBMITD_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/cidr.h"
+#include "core/util.h"
+
+enum listen_mode { LISTEN_STARTTLS = 0, LISTEN_IMPLICIT_TLS = 1 };
+
+struct cert_pair {
+    char *cert; /* PEM chain, leaf first */
+    char *key;  /* PEM private key; must not be readable by group/others */
+    int line;
+};
+
+struct listener_cfg {
+    char *name;
+    int line;
+    char **addrs; /* "127.0.0.1", "::1", "0.0.0.0", "::" ... (default 127.0.0.1) */
+    size_t naddrs;
+    uint16_t port;
+    enum listen_mode mode;
+    struct cert_pair *certs; /* when empty, the tls block's certificates */
+    size_t ncerts;
+    struct cidr_list allow; /* empty = everybody (before deny) */
+    struct cidr_list deny;  /* checked first: a match is refused */
+    unsigned max_conn;        /* default 1000 */
+    unsigned max_conn_per_ip; /* default 20 */
+};
+
+struct tls_cfg {
+    struct cert_pair *certs; /* default certificates; several = SNI / key types */
+    size_t ncerts;
+    int min_version;      /* 0x0303 (TLS 1.2, default) or 0x0304 (TLS 1.3) */
+    char *ciphers;        /* TLS 1.2 cipher list (OpenSSL syntax) */
+    char *ciphersuites;   /* TLS 1.3 suites */
+    int session_tickets;  /* default 1 */
+    unsigned handshake_timeout; /* seconds, default 30 */
+};
+
+struct limits_cfg {
+    size_t line_length;        /* command line, default 4096 [512..65536] */
+    size_t auth_line_length;   /* AUTH lines, default 12288 [1024..65536] */
+    size_t text_line_length;   /* DATA text line incl CRLF, default 1000 [1000..1000000] */
+    uint64_t message_size;     /* default 25 MiB [1 KiB..2 GiB] */
+    size_t header_size;        /* header section kept for checks, default 1 MiB */
+    unsigned recipients;       /* per message, default 100 [1..100000] */
+    unsigned messages;         /* per session, default 1000 [1..1000000] */
+    unsigned errors;           /* per session before 421, default 10 [1..1000] */
+    unsigned auth_failures;    /* per session before 421, default 3 [1..100] */
+    unsigned idle_timeout;     /* s, waiting for a command, default 300 */
+    unsigned data_timeout;     /* s, between DATA/BDAT reads, default 600 */
+    unsigned auth_delay_ms;    /* first failure delay, default 1000 [0..60000] */
+    unsigned auth_delay_max_ms;/* cap, default 30000 */
+    unsigned shutdown_timeout; /* s, SIGTERM grace for transactions in flight, default 30 */
+};
+
+/* A delivery transport. `type` picks the implementation (maildir here;
+ * smarthost and mx come with the relay work). Options not known to the
+ * core are kept as key/values for the transport to check. */
+struct kv {
+    char *key;
+    char *value; /* remaining words joined by single spaces */
+    int line;
+};
+
+struct transport_cfg {
+    char *name;
+    char *type;
+    int line;
+    char *path; /* maildir: may contain %u (local part), %d (domain), %a (address) */
+    struct kv *opts;
+    size_t nopts;
+};
+
+/* route PATTERN TRANSPORT: PATTERN is a recipient domain, "*.domain" or
+ * "*" (the default). First match wins; exact before wildcard. */
+struct route_cfg {
+    char *pattern;
+    char *transport;
+    int line;
+};
+
+struct queue_cfg {
+    unsigned retry_initial; /* s, default 300 */
+    unsigned retry_max;     /* s, default 14400 */
+    unsigned lifetime;      /* s, default 5 days */
+    unsigned delivery_threads; /* default 2 */
+};
+
+struct config {
+    int refs;          /* atomic via config_ref/unref */
+    char *file;
+
+    char *hostname;    /* default: gethostname() */
+    char *user;        /* drop to this user when started as root; default "submitd" */
+    unsigned workers;  /* event loop threads; 0 = one per core (default) */
+    char *spool_dir;   /* default /var/spool/submitd */
+    char *accounts;    /* accounts file (passwd-file format) */
+    char *pid_file;    /* optional */
+    char *control_socket; /* optional; for submitctl */
+    int log_syslog;    /* log stderr|syslog */
+    int log_level;     /* enum log_level */
+    int listen_backlog;/* default 4096 */
+    unsigned auth_threads; /* password-hash threads; 0 = cores (default) */
+    unsigned commit_threads; /* spool fsync threads, default 8 */
+    int add_received;   /* default 1 */
+    int add_message_id; /* default 1 */
+    int add_date;       /* default 1 */
+    int check_from_header; /* default 1: From: must be one of the account's addresses */
+    int allow_null_sender; /* default 1: MAIL FROM:<> allowed for authenticated users */
+
+    struct tls_cfg tls;
+    struct limits_cfg limits;
+    struct queue_cfg queue;
+
+    struct listener_cfg *listeners;
+    size_t nlisteners;
+    struct transport_cfg *transports;
+    size_t ntransports;
+    struct route_cfg *routes;
+    size_t nroutes;
+};
+
+/* Parses and checks the file. On any error returns NULL and fills errs
+ * with `file:line: message` entries (all of them, not just the first).
+ * Checks done here: syntax, unknown keys, types and bounds, duplicates,
+ * required keys, certificate/key/accounts files exist and are readable,
+ * private keys and the accounts file not readable by group or others,
+ * every route names a defined transport, a `route *` exists, transports'
+ * types are known. Certificates are parsed by tls_check_config(). */
+struct config *config_load(const char *path, struct errlist *errs);
+/* Same, from a string (for tests); `name` is used in messages. */
+struct config *config_parse_string(const char *name, const char *text, struct errlist *errs);
+
+struct config *config_ref(struct config *c);
+void config_unref(struct config *c);
+
+/* Looks up the transport for a recipient domain by the route table
+ * (NULL when no route matches). */
+const struct transport_cfg *config_route(const struct config *c, const char *domain);
+const struct listener_cfg *config_listener(const struct config *c, const char *name);
+
+#endif

@@ -1,0 +1,81 @@
+/* util: small shared helpers — allocation that aborts on OOM, bounded string
+ * copies, a growable byte buffer (strbuf), an error list that carries
+ * file:line for config/accounts checks, clocks and queue-id generation. */
+#ifndef SUBMITD_UTIL_H
+#define SUBMITD_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t sz);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* Copies at most n-1 bytes and always NUL-terminates (n > 0). Returns the
+ * length of src; a result >= n means truncation. */
+size_t str_copy(char *dst, const char *src, size_t n);
+/* ASCII case-insensitive comparisons (no locale). */
+int str_ieq(const char *a, const char *b);
+int str_iprefix(const char *s, const char *prefix); /* 1 if s starts with prefix */
+void str_lower(char *s);
+/* Wipes memory in a way the compiler cannot elide. */
+void mem_wipe(void *p, size_t n);
+/* Constant-time equality of two byte strings of the same length. */
+int mem_eq_ct(const void *a, const void *b, size_t n);
+
+/* Growable buffer. Always NUL-terminated after any append (b->s may be NULL
+ * while len == 0 and nothing was appended). */
+struct strbuf {
+    char *s;
+    size_t len;
+    size_t cap;
+};
+void sb_init(struct strbuf *b);
+void sb_free(struct strbuf *b);
+void sb_reset(struct strbuf *b);
+void sb_append(struct strbuf *b, const void *data, size_t n);
+void sb_puts(struct strbuf *b, const char *s);
+void sb_printf(struct strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sb_vprintf(struct strbuf *b, const char *fmt, va_list ap);
+/* Detaches the buffer (caller frees); b is reset. Never returns NULL. */
+char *sb_steal(struct strbuf *b);
+
+/* An error list: each entry is one "file:line: message" (or "file: message"
+ * when line is 0) line, ready to print. */
+struct errlist {
+    char **v;
+    size_t n;
+};
+void errlist_init(struct errlist *e);
+void errlist_free(struct errlist *e);
+void errlist_add(struct errlist *e, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Clocks. */
+uint64_t now_ms(void);      /* CLOCK_MONOTONIC in ms */
+uint64_t wall_us(void);     /* CLOCK_REALTIME in us */
+
+/* Queue ids: 16 characters from [0-9A-Z] minus I,L,O,U (Crockford base32),
+ * time-ordered (48 bits of ms wall clock) + 32 random bits. */
+#define QID_LEN 16
+void qid_new(char out[QID_LEN + 1]);
+int qid_valid(const char *s);
+
+/* Fills buf with cryptographically random bytes (getrandom). 0 on success. */
+int random_bytes(void *buf, size_t n);
+
+/* RFC 5322 date-time for t in local time, e.g. "Sun, 22 Nov 2026 13:30:39 +0000". */
+void rfc5322_date(time_t t, char *buf, size_t n);
+
+/* Writes all of buf to fd, retrying on EINTR/short writes. 0 or -1 (errno). */
+int write_all(int fd, const void *buf, size_t n);
+/* Reads a whole small file (max bytes) into a NUL-terminated buffer. */
+char *read_file_max(const char *path, size_t max, size_t *len_out);
+
+#endif

@@ -1,0 +1,119 @@
+/* spool: the durable on-disk queue (format: docs/spool-format.md, v1).
+ *
+ * Layout under the spool directory (mode 0700):
+ *   tmp/ID      a message being received (never delivered; removed at start)
+ *   queue/ID    a committed message: message bytes, then the envelope
+ *               trailer, then a fixed footer pointing at the trailer
+ *   queue/ID.st the per-recipient delivery log (append only, fsynced)
+ *   corrupt/    files that failed to decode are moved here, never deleted
+ *
+ * Commit = fsync(file) + rename(tmp/ID -> queue/ID) + fsync(queue/). Only
+ * after spool_commit() returns 0 may the server answer 250.
+ *
+ * The envelope codec (spool_env_encode/decode) is pure and unit-tested.
+ * Writers and readers are used from one thread at a time each; commit,
+ * scan and status calls block (fsync) and run on job/queue threads. */
+#ifndef SUBMITD_SPOOL_H
+#define SUBMITD_SPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "core/util.h"
+
+struct env_rcpt {
+    char *addr;       /* "" never; the RCPT TO path */
+    unsigned notify;  /* dsn_notify bits (parse.h); 0 = not given */
+    char *orcpt;      /* "rfc822;addr" or NULL */
+};
+
+struct envelope {
+    char id[QID_LEN + 1];
+    char *mail_from;     /* "" = null sender */
+    char *auth_user;     /* NULL when not authenticated */
+    char *client_ip;
+    char *helo;
+    char *listener;
+    int body;            /* enum body_type */
+    int smtputf8;
+    int dsn_ret;         /* enum dsn_ret */
+    char *envid;         /* NULL when absent */
+    struct env_rcpt *rcpts;
+    size_t nrcpts;
+    int64_t received;    /* unix time the message was accepted */
+    uint64_t size;       /* message bytes in the file (before the trailer) */
+    /* Header lines, CRLF-terminated, that delivery emits before the stored
+     * message bytes: Received:, and Message-ID:/Date: when they were
+     * missing; later DKIM-Signature:. NULL or "" when none. */
+    char *prepend;
+};
+
+void envelope_init(struct envelope *e);
+void envelope_free(struct envelope *e);
+void envelope_add_rcpt(struct envelope *e, const char *addr, unsigned notify, const char *orcpt);
+
+/* Pure codec for the trailer text. decode returns 0 or -1 with a reason. */
+void spool_env_encode(const struct envelope *e, struct strbuf *out);
+int spool_env_decode(const char *buf, size_t len, struct envelope *e, char *err, size_t errlen);
+
+struct spool;
+/* Creates the directories when missing (0700), checks they are usable,
+ * removes leftovers in tmp/. NULL with errs filled on failure. */
+struct spool *spool_open(const char *dir, struct errlist *errs);
+void spool_close(struct spool *s);
+const char *spool_dir(const struct spool *s);
+
+/* ---- writing (one per transaction) ---- */
+struct spool_writer;
+/* Opens tmp/ID with O_CREAT|O_EXCL, 0600. NULL on error (errno set). */
+struct spool_writer *spool_writer_new(struct spool *s, const char *id);
+/* Appends message bytes (buffered). A failure is sticky: later writes are
+ * ignored and spool_writer_failed() returns the errno. */
+void spool_writer_write(struct spool_writer *w, const void *buf, size_t n);
+int spool_writer_failed(const struct spool_writer *w);
+uint64_t spool_writer_size(const struct spool_writer *w);
+/* Writes the trailer and footer, fsyncs, renames into queue/, fsyncs the
+ * directory. Blocking: call from a job thread. 0 on success; -1 (errno)
+ * and the tmp file removed on failure. The writer is freed either way. */
+int spool_commit(struct spool_writer *w, const struct envelope *e);
+/* Drops an unfinished message: closes and unlinks tmp/ID, frees w. */
+void spool_writer_abort(struct spool_writer *w);
+
+/* ---- reading (queue side) ---- */
+enum rcpt_state { RCPT_PENDING = 0, RCPT_DONE, RCPT_FAILED };
+
+struct spool_msg {
+    struct envelope env;
+    enum rcpt_state *state;   /* per recipient, from the .st log */
+    int64_t *next_try;        /* per recipient: unix time of next attempt (0 = now) */
+    unsigned *attempts;       /* per recipient */
+    int fd;                   /* open on queue/ID */
+};
+
+/* Opens and decodes queue/ID and its .st log. 0, or -1 with err filled
+ * (the caller then moves it aside with spool_quarantine). */
+int spool_msg_open(struct spool *s, const char *id, struct spool_msg **out, char *err, size_t errlen);
+void spool_msg_close(struct spool_msg *m);
+/* Reads message bytes [off, off+n) of the stored content (not the prepend). */
+ssize_t spool_msg_pread(struct spool_msg *m, void *buf, size_t n, uint64_t off);
+
+/* Appends one record to queue/ID.st and fsyncs it; updates m's arrays.
+ *   spool_mark_done:   the recipient was delivered (or handed on)
+ *   spool_mark_failed: permanent failure (text: the reply, for DSNs)
+ *   spool_mark_retry:  temporary failure; next attempt at unix time `next` */
+int spool_mark_done(struct spool *s, struct spool_msg *m, size_t rcpt);
+int spool_mark_failed(struct spool *s, struct spool_msg *m, size_t rcpt, const char *text);
+int spool_mark_retry(struct spool *s, struct spool_msg *m, size_t rcpt, int64_t next, const char *text);
+/* 1 when no recipient is pending. */
+int spool_msg_complete(const struct spool_msg *m);
+/* Removes queue/ID and queue/ID.st (message first). */
+int spool_remove(struct spool *s, const char *id);
+/* Moves queue/ID (and .st) to corrupt/. */
+int spool_quarantine(struct spool *s, const char *id);
+
+/* Calls cb for every committed message id in queue/ (sorted, oldest first). */
+int spool_scan(struct spool *s, void (*cb)(void *arg, const char *id), void *arg);
+
+#endif
