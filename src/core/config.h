@@ -113,6 +113,7 @@ struct config {
     int log_level;     /* enum log_level */
     int listen_backlog;/* default 4096 */
     unsigned auth_threads; /* password-hash threads; 0 = cores (default) */
+    unsigned auth_cache_ttl; /* s a verified login+password is remembered (keyed hash); default 300, 0 = off */
     unsigned commit_threads; /* spool fsync threads, default 8 */
     int add_received;   /* default 1 */
     int add_message_id; /* default 1 */

@@ -33,7 +33,9 @@ struct io *io_new_tls(struct event_base *base, int fd, SSL *ssl, int server);
 /* Upgrades a plain connection; discards buffered input. 0 or -1. */
 int io_starttls(struct io *io, SSL *ssl, int server);
 void io_set_cbs(struct io *io, io_read_cb rd, io_drain_cb drained, io_event_cb ev, void *arg);
-void io_set_read_timeout(struct io *io, unsigned ms); /* 0 = none */
+/* Read timeout (no input for ms) and write timeout (output stuck for ms);
+ * 0 = none. Fires IO_EV_TIMEOUT. */
+void io_set_timeouts(struct io *io, unsigned read_ms, unsigned write_ms);
 void io_read_enable(struct io *io, int on);
 
 struct evbuffer *io_input(struct io *io);

@@ -94,9 +94,10 @@ const char *log_q(char *buf, size_t n, const char *s)
 
 static void add(char *line, size_t *o, size_t cap, const char *s)
 {
-    size_t l = strlen(s);
-    if (*o + l >= cap)
-        l = cap - *o - 1;
+    if (*o + 1 >= cap)
+        return;
+    size_t room = cap - *o - 1;
+    size_t l = strnlen(s, room);
     memcpy(line + *o, s, l);
     *o += l;
 }
@@ -126,8 +127,8 @@ void logkv(enum log_level level, const struct log_ctx *ctx, const char *event, c
         gettimeofday(&tv, NULL);
         gmtime_r(&tv.tv_sec, &tm);
         strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-        o += (size_t)snprintf(line, cap, "%s.%03dZ %s[%d]: ", ts, (int)(tv.tv_usec / 1000), g_ident,
-                              (int)getpid());
+        int n = snprintf(line, cap, "%s.%03dZ %s[%d]: ", ts, (int)(tv.tv_usec / 1000), g_ident, (int)getpid());
+        o = n > 0 && (size_t)n < cap ? (size_t)n : 0;
     }
     add(line, &o, cap, "level=");
     add(line, &o, cap, level_names[level]);
@@ -140,7 +141,7 @@ void logkv(enum log_level level, const struct log_ctx *ctx, const char *event, c
         add_kv(line, &o, cap, "user", ctx->user);
         add_kv(line, &o, cap, "qid", ctx->qid);
     }
-    if (fmt && *fmt) {
+    if (fmt && *fmt && o + 2 < cap) {
         va_list ap;
         va_start(ap, fmt);
         add(line, &o, cap, " ");
