@@ -1,0 +1,1144 @@
+/* submitctl: the administration tool. Manages the accounts file (add,
+ * change password, delete, list, suspend, set senders), prints password
+ * hashes, and asks a running submitd to reload (SIGHUP to the pid in the
+ * config's pid-file). Passwords come from SUBMITD_PASSWORD, a password
+ * file or a no-echo prompt on /dev/tty, never from argv. The accounts file
+ * is edited under an exclusive lock (FILE.lock), one line at a time with
+ * every other byte kept, written to a temporary file in the same directory,
+ * checked with accounts_load(), fsynced and renamed over the old file.
+ * Exit codes: 0 ok, 1 failure, 2 usage error. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "auth/accounts.h"
+#include "auth/passwd.h"
+#include "auth/sasl.h"
+#include "core/config.h"
+#include "core/util.h"
+
+#define DEFAULT_CONFIG "/etc/submitd/submitd.conf"
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+#define ACCOUNTS_MAX (512u * 1024 * 1024)
+#define HASH_MAX 512
+#define MAX_SENDERS 1000
+
+struct ctl {
+    const char *config_path; /* -c or the default */
+    int config_given;
+    const char *accounts_opt; /* -a */
+};
+
+/* Options after a subcommand. */
+struct opts {
+    const char *scheme;
+    const char *password_file;
+    const char *senders[MAX_SENDERS];
+    size_t nsenders;
+    const char *pos[MAX_SENDERS]; /* positional arguments */
+    size_t npos;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: submitctl [-c CONFIG] [-a ACCOUNTS] COMMAND ...\n"
+            "  user add LOGIN [--sender ADDR]... [--scheme SCHEME] [--password-file FILE]\n"
+            "  user passwd LOGIN [--scheme SCHEME] [--password-file FILE]\n"
+            "  user del LOGIN\n"
+            "  user list\n"
+            "  user suspend LOGIN\n"
+            "  user unsuspend LOGIN\n"
+            "  user senders LOGIN ADDR...       replace the addresses LOGIN may send as\n"
+            "  hash [--scheme SCHEME] [--password-file FILE]\n"
+            "  reload                           SIGHUP to the pid in the config's pid-file\n"
+            "\n"
+            "  -c CONFIG    configuration file (default " DEFAULT_CONFIG ")\n"
+            "  -a ACCOUNTS  the accounts file to edit (instead of the config's `accounts`)\n"
+            "  SCHEME       argon2id (default), yescrypt, bcrypt, sha512-crypt\n"
+            "  ADDR         an address (user@example.com) or a whole domain (@example.com)\n"
+            "\n"
+            "Passwords are read from $SUBMITD_PASSWORD, from the first line of --password-file\n"
+            "(which must not be readable by others), or asked twice on the terminal.\n");
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "submitctl: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n(run submitctl -h for usage)\n");
+    va_end(ap);
+    return EXIT_USAGE;
+}
+
+/* ---- validation ------------------------------------------------------ */
+
+static const char *login_problem(const char *login)
+{
+    size_t n = strlen(login);
+    if (n == 0)
+        return "empty login";
+    if (n > SASL_USER_MAX)
+        return "login longer than 256 bytes";
+    if (login[0] == '#')
+        return "a login cannot start with '#' (that line would be a comment)";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)login[i];
+        if (c <= ' ' || c == 0x7f)
+            return "a login cannot contain spaces or control characters";
+        if (c == ':')
+            return "a login cannot contain ':'";
+    }
+    return NULL;
+}
+
+static const char *sender_problem(const char *e)
+{
+    const char *at = strchr(e, '@');
+    if (!at || strchr(at + 1, '@'))
+        return "give one address (user@example.com) or a domain (@example.com)";
+    for (const char *p = e; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c <= ' ' || c == 0x7f || strchr("\"(),:;<>[\\]", c))
+            return "no spaces, commas, colons, quotes or brackets allowed";
+    }
+    const char *d = at + 1;
+    if (*d == '\0' || *d == '.' || d[strlen(d) - 1] == '.' || strstr(d, ".."))
+        return "bad domain";
+    if (at > e && (e[0] == '.' || at[-1] == '.'))
+        return "bad local part";
+    return NULL;
+}
+
+static const char *scheme_prefix(const char *scheme)
+{
+    if (!scheme || strcmp(scheme, "argon2id") == 0)
+        return "{ARGON2ID}";
+    if (strcmp(scheme, "yescrypt") == 0)
+        return "{CRYPT}";
+    if (strcmp(scheme, "bcrypt") == 0)
+        return "{BLF-CRYPT}";
+    if (strcmp(scheme, "sha512-crypt") == 0)
+        return "{SHA512-CRYPT}";
+    return NULL;
+}
+
+static const char *scheme_name(enum pw_scheme s)
+{
+    switch (s) {
+    case PW_YESCRYPT:
+        return "yescrypt";
+    case PW_BCRYPT:
+        return "bcrypt";
+    case PW_SHA512_CRYPT:
+        return "sha512-crypt";
+    case PW_ARGON2ID:
+        return "argon2id";
+    default:
+        return "INVALID";
+    }
+}
+
+/* ---- passwords ------------------------------------------------------- */
+
+static void on_prompt_signal(int sig)
+{
+    (void)sig; /* only makes read() return EINTR */
+}
+
+/* Reads one line from fd into buf (without the newline). Returns its
+ * length, -1 on error or interruption, -2 when longer than size-1. */
+static long read_line_fd(int fd, char *buf, size_t size)
+{
+    size_t n = 0;
+    int too_long = 0;
+    for (;;) {
+        char c;
+        ssize_t r = read(fd, &c, 1);
+        if (r < 0)
+            return -1;
+        if (r == 0) {
+            if (n == 0 && !too_long)
+                return -1;
+            break;
+        }
+        if (c == '\n')
+            break;
+        if (n + 1 < size)
+            buf[n++] = c;
+        else
+            too_long = 1;
+    }
+    if (n > 0 && buf[n - 1] == '\r')
+        n--;
+    buf[n] = '\0';
+    return too_long ? -2 : (long)n;
+}
+
+static int prompt_password(const char *what, char *out, size_t outlen)
+{
+    int fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "submitctl: no terminal to ask for the password: set SUBMITD_PASSWORD or use "
+                        "--password-file FILE\n");
+        return -1;
+    }
+    struct termios old, quiet;
+    if (tcgetattr(fd, &old) != 0) {
+        fprintf(stderr, "submitctl: /dev/tty: %s; set SUBMITD_PASSWORD or use --password-file FILE\n",
+                strerror(errno));
+        close(fd);
+        return -1;
+    }
+    struct sigaction sa, o_int, o_term, o_hup, o_quit, o_tstp;
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = on_prompt_signal; /* no SA_RESTART: read() is interrupted */
+    sigaction(SIGINT, &sa, &o_int);
+    sigaction(SIGTERM, &sa, &o_term);
+    sigaction(SIGHUP, &sa, &o_hup);
+    sigaction(SIGQUIT, &sa, &o_quit);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGTSTP, &sa, &o_tstp);
+    quiet = old;
+    quiet.c_lflag &= (tcflag_t) ~(ECHO | ECHOE | ECHOK);
+    quiet.c_lflag |= ECHONL;
+    int rc = -1;
+    char again[SASL_PASS_MAX + 2];
+    if (tcsetattr(fd, TCSAFLUSH, &quiet) != 0) {
+        fprintf(stderr, "submitctl: cannot turn off echo on /dev/tty: %s\n", strerror(errno));
+    } else {
+        char prompt[400];
+        snprintf(prompt, sizeof(prompt), "New password%s%.300s: ", what ? " for " : "", what ? what : "");
+        long n1 = -1, n2 = -1;
+        if (write_all(fd, prompt, strlen(prompt)) == 0)
+            n1 = read_line_fd(fd, out, outlen);
+        if (n1 >= 0 && write_all(fd, "Again: ", 7) == 0)
+            n2 = read_line_fd(fd, again, sizeof(again));
+        tcsetattr(fd, TCSAFLUSH, &old);
+        if (n1 == -2 || n2 == -2)
+            fprintf(stderr, "submitctl: password longer than %d bytes\n", SASL_PASS_MAX);
+        else if (n1 < 0 || n2 < 0)
+            fprintf(stderr, "\nsubmitctl: no password read; nothing changed\n");
+        else if (n1 != n2 || memcmp(out, again, (size_t)n1) != 0)
+            fprintf(stderr, "submitctl: the two passwords differ; nothing changed\n");
+        else
+            rc = 0;
+    }
+    mem_wipe(again, sizeof(again));
+    sigaction(SIGINT, &o_int, NULL);
+    sigaction(SIGTERM, &o_term, NULL);
+    sigaction(SIGHUP, &o_hup, NULL);
+    sigaction(SIGQUIT, &o_quit, NULL);
+    sigaction(SIGTSTP, &o_tstp, NULL);
+    close(fd);
+    if (rc != 0)
+        mem_wipe(out, outlen);
+    return rc;
+}
+
+static int password_from_file(const char *path, char *out, size_t outlen)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        fprintf(stderr, "submitctl: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        fprintf(stderr, "submitctl: %s: not a regular file\n", path);
+        close(fd);
+        return -1;
+    }
+    if (st.st_mode & (S_IROTH | S_IWOTH)) {
+        fprintf(stderr, "submitctl: %s: readable by others; chmod 600 it (and consider the password exposed)\n",
+                path);
+        close(fd);
+        return -1;
+    }
+    long n = read_line_fd(fd, out, outlen);
+    close(fd);
+    if (n == -2) {
+        fprintf(stderr, "submitctl: %s: password longer than %d bytes\n", path, SASL_PASS_MAX);
+        mem_wipe(out, outlen);
+        return -1;
+    }
+    if (n < 0) {
+        fprintf(stderr, "submitctl: %s: empty or unreadable\n", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* Gets the new password: --password-file, then SUBMITD_PASSWORD, then the
+ * terminal. Checks it can be used with `scheme`. */
+static int get_password(const struct opts *o, const char *what, char *out, size_t outlen)
+{
+    const char *env = getenv("SUBMITD_PASSWORD");
+    int rc;
+    if (o->password_file) {
+        rc = password_from_file(o->password_file, out, outlen);
+    } else if (env) {
+        rc = 0;
+        if (str_copy(out, env, outlen) >= outlen) {
+            fprintf(stderr, "submitctl: SUBMITD_PASSWORD is longer than %d bytes\n", SASL_PASS_MAX);
+            rc = -1;
+        }
+    } else {
+        rc = prompt_password(what, out, outlen);
+    }
+    if (rc != 0)
+        return -1;
+    size_t n = strlen(out);
+    const char *bad = NULL;
+    if (n == 0)
+        bad = "the password is empty";
+    else if (n > SASL_PASS_MAX)
+        bad = "the password is longer than 1024 bytes (the SASL limit)";
+    else if (strpbrk(out, "\r\n"))
+        bad = "the password contains a line break";
+    else if (n >= 512 && o->scheme && strcmp(o->scheme, "argon2id") != 0)
+        bad = "passwords of 512 bytes or more need --scheme argon2id";
+    if (bad) {
+        fprintf(stderr, "submitctl: %s; nothing changed\n", bad);
+        mem_wipe(out, outlen);
+        return -1;
+    }
+    if (n > 72 && o->scheme && strcmp(o->scheme, "bcrypt") == 0)
+        fprintf(stderr, "submitctl: warning: bcrypt uses only the first 72 bytes of the password\n");
+    return 0;
+}
+
+/* Makes "{PREFIX}hash" for the accounts file. */
+static int make_hash(const struct opts *o, const char *what, char *out, size_t outlen)
+{
+    char pw[SASL_PASS_MAX + 2];
+    if (get_password(o, what, pw, sizeof(pw)) != 0)
+        return -1;
+    char h[HASH_MAX];
+    int r = passwd_hash(o->scheme, pw, h, sizeof(h));
+    mem_wipe(pw, sizeof(pw));
+    if (r != 0) {
+        fprintf(stderr, "submitctl: could not hash the password with %s\n", o->scheme ? o->scheme : "argon2id");
+        return -1;
+    }
+    const char *pfx = scheme_prefix(o->scheme);
+    if ((size_t)snprintf(out, outlen, "%s%s", pfx, h) >= outlen)
+        return -1;
+    return 0;
+}
+
+/* ---- the accounts file ------------------------------------------------ */
+
+struct afile {
+    const char *path;
+    int lockfd;
+    int exists;
+    struct stat st;
+    char *text;
+    size_t len;
+};
+
+/* Locates the line of `login` (case-insensitive): its start and length
+ * including the newline. 1 found, 0 not. */
+static int af_find(const struct afile *af, const char *login, size_t *off, size_t *len)
+{
+    size_t i = 0;
+    size_t ll = strlen(login);
+    while (i < af->len) {
+        const char *p = af->text + i;
+        const char *nl = memchr(p, '\n', af->len - i);
+        size_t n = nl ? (size_t)(nl - p) + 1 : af->len - i;
+        const char *colon = memchr(p, ':', n);
+        size_t lw = colon ? (size_t)(colon - p) : (nl ? n - 1 : n);
+        if (!colon && lw > 0 && p[lw - 1] == '\r')
+            lw--;
+        if (p[0] != '#' && lw == ll && strncasecmp(p, login, ll) == 0) {
+            *off = i;
+            *len = n;
+            return 1;
+        }
+        i += n;
+    }
+    return 0;
+}
+
+static void af_close(struct afile *af)
+{
+    if (af->text) {
+        mem_wipe(af->text, af->len);
+        free(af->text);
+    }
+    af->text = NULL;
+    if (af->lockfd >= 0)
+        close(af->lockfd); /* releases the flock */
+    af->lockfd = -1;
+}
+
+/* Reads the file; with `lock`, first takes the exclusive lock FILE.lock.
+ * A missing file is fine when `missing_ok` (it is then empty). */
+static int af_open(struct afile *af, const char *path, int lock, int missing_ok)
+{
+    memset(af, 0, sizeof(*af));
+    af->path = path;
+    af->lockfd = -1;
+    if (lock) {
+        char lp[4096];
+        if ((size_t)snprintf(lp, sizeof(lp), "%s.lock", path) >= sizeof(lp)) {
+            fprintf(stderr, "submitctl: %s: path too long\n", path);
+            return -1;
+        }
+        af->lockfd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (af->lockfd < 0) {
+            fprintf(stderr, "submitctl: cannot create the lock file %s: %s\n", lp, strerror(errno));
+            return -1;
+        }
+        while (flock(af->lockfd, LOCK_EX) != 0) {
+            if (errno != EINTR) {
+                fprintf(stderr, "submitctl: cannot lock %s: %s\n", lp, strerror(errno));
+                af_close(af);
+                return -1;
+            }
+        }
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        if (errno == ENOENT && missing_ok)
+            return 0;
+        fprintf(stderr, "submitctl: %s: %s\n", path, strerror(errno));
+        af_close(af);
+        return -1;
+    }
+    if (fstat(fd, &af->st) != 0 || !S_ISREG(af->st.st_mode)) {
+        fprintf(stderr, "submitctl: %s: not a regular file\n", path);
+        close(fd);
+        af_close(af);
+        return -1;
+    }
+    af->exists = 1;
+    struct strbuf b;
+    sb_init(&b);
+    char tmp[65536];
+    for (;;) {
+        ssize_t r = read(fd, tmp, sizeof(tmp));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0 || b.len + (size_t)r > ACCOUNTS_MAX) {
+            if (r != 0) {
+                fprintf(stderr, "submitctl: %s: %s\n", path, r < 0 ? strerror(errno) : "file too large");
+                close(fd);
+                if (b.s)
+                    mem_wipe(b.s, b.len);
+                sb_free(&b);
+                af_close(af);
+                return -1;
+            }
+            break;
+        }
+        sb_append(&b, tmp, (size_t)r);
+    }
+    mem_wipe(tmp, sizeof(tmp));
+    close(fd);
+    af->len = b.len;
+    af->text = sb_steal(&b);
+    return 0;
+}
+
+static void dir_of(const char *path, char *dir, size_t n)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        str_copy(dir, ".", n);
+    else if (slash == path)
+        str_copy(dir, "/", n);
+    else
+        snprintf(dir, n, "%.*s", (int)(slash - path), path);
+}
+
+/* Prints accounts_load's errors with the temporary name replaced. */
+static void print_load_errors(const struct errlist *e, const char *tmp, const char *path)
+{
+    size_t tl = strlen(tmp);
+    for (size_t i = 0; i < e->n; i++) {
+        const char *m = e->v[i];
+        if (strncmp(m, tmp, tl) == 0)
+            fprintf(stderr, "  %s%s\n", path, m + tl);
+        else
+            fprintf(stderr, "  %s\n", m);
+    }
+}
+
+/* Writes the new contents next to the file, checks that they load, then
+ * renames over the old file and fsyncs the directory. */
+static int af_commit(struct afile *af, const char *text, size_t len)
+{
+    char dir[4096], tmp[4200];
+    dir_of(af->path, dir, sizeof(dir));
+    const char *base = strrchr(af->path, '/');
+    base = base ? base + 1 : af->path;
+    int fd = -1;
+    for (int tries = 0; tries < 10 && fd < 0; tries++) {
+        unsigned char rnd[6];
+        if (random_bytes(rnd, sizeof(rnd)) != 0) {
+            fprintf(stderr, "submitctl: no random bytes: %s\n", strerror(errno));
+            return -1;
+        }
+        snprintf(tmp, sizeof(tmp), "%s/.%s.tmp.%02x%02x%02x%02x%02x%02x", dir, base, rnd[0], rnd[1], rnd[2],
+                 rnd[3], rnd[4], rnd[5]);
+        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0 && errno != EEXIST) {
+            fprintf(stderr, "submitctl: cannot create %s: %s\n", tmp, strerror(errno));
+            return -1;
+        }
+    }
+    if (fd < 0) {
+        fprintf(stderr, "submitctl: cannot create a temporary file in %s\n", dir);
+        return -1;
+    }
+    const char *step = NULL;
+    if (af->exists) {
+        struct stat ts;
+        if (fstat(fd, &ts) != 0)
+            step = "stat";
+        else if ((ts.st_uid != af->st.st_uid || ts.st_gid != af->st.st_gid) &&
+                 fchown(fd, af->st.st_uid, af->st.st_gid) != 0)
+            step = "give it the owner and group of the old file (run as root or as the file's owner)";
+        else if (fchmod(fd, af->st.st_mode & 07777) != 0)
+            step = "give it the mode of the old file";
+    }
+    if (!step && write_all(fd, text, len) != 0)
+        step = "write";
+    if (!step && fsync(fd) != 0)
+        step = "fsync";
+    if (close(fd) != 0 && !step)
+        step = "close";
+    if (step) {
+        fprintf(stderr, "submitctl: %s: cannot %s: %s; nothing changed\n", tmp, step, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    struct errlist errs;
+    errlist_init(&errs);
+    struct accounts *a = accounts_load(tmp, &errs);
+    if (!a) {
+        fprintf(stderr, "submitctl: %s: the result would not load, nothing changed:\n", af->path);
+        print_load_errors(&errs, tmp, af->path);
+        errlist_free(&errs);
+        unlink(tmp);
+        return -1;
+    }
+    accounts_unref(a);
+    errlist_free(&errs);
+    if (rename(tmp, af->path) != 0) {
+        fprintf(stderr, "submitctl: cannot rename %s to %s: %s; nothing changed\n", tmp, af->path,
+                strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || fsync(dfd) != 0) {
+        fprintf(stderr, "submitctl: warning: cannot fsync %s: %s\n", dir, strerror(errno));
+    }
+    if (dfd >= 0)
+        close(dfd);
+    return 0;
+}
+
+/* ---- editing one line ------------------------------------------------ */
+
+struct line_edit {
+    const char *hash;     /* new "{PREFIX}hash", or NULL */
+    int suspend;          /* -1 keep, 0 remove suspended=, 1 suspended=yes */
+    const char *senders;  /* new sender= value, or NULL to keep */
+};
+
+static int key_is(const char *tok, const char *key)
+{
+    size_t n = strlen(key);
+    return strncmp(tok, key, n) == 0 && (tok[n] == '=' || tok[n] == '\0');
+}
+
+/* Rewrites the extra fields: replaces (in place) or appends/removes the
+ * keys the edit touches; other tokens are kept in order. */
+static char *edit_extra(const char *extra, const struct line_edit *e)
+{
+    struct strbuf b;
+    sb_init(&b);
+    char *copy = xstrdup(extra);
+    char *save = NULL;
+    int done_s = 0, done_u = 0;
+    for (char *t = strtok_r(copy, " \t", &save); t; t = strtok_r(NULL, " \t", &save)) {
+        const char *out = t;
+        char buf[64];
+        if (e->senders && key_is(t, "sender")) {
+            if (done_s++)
+                continue;
+            sb_printf(&b, "%ssender=%s", b.len ? " " : "", e->senders);
+            continue;
+        }
+        if (e->suspend >= 0 && key_is(t, "suspended")) {
+            if (done_u++ || e->suspend == 0)
+                continue;
+            snprintf(buf, sizeof(buf), "suspended=yes");
+            out = buf;
+        }
+        sb_printf(&b, "%s%s", b.len ? " " : "", out);
+    }
+    free(copy);
+    if (e->senders && !done_s)
+        sb_printf(&b, "%ssender=%s", b.len ? " " : "", e->senders);
+    if (e->suspend == 1 && !done_u)
+        sb_printf(&b, "%ssuspended=yes", b.len ? " " : "");
+    return sb_steal(&b);
+}
+
+/* Returns the edited line (with the same line ending as `line`). */
+static char *edit_line(const char *line, size_t len, const struct line_edit *e)
+{
+    int nl = len > 0 && line[len - 1] == '\n';
+    size_t n = len - (size_t)nl;
+    int cr = n > 0 && line[n - 1] == '\r';
+    n -= (size_t)cr;
+    char *copy = xstrndup(line, n);
+    const char *part[8];
+    int np = 1;
+    part[0] = copy;
+    char *p = copy;
+    while (np < 8) {
+        char *c = strchr(p, ':');
+        if (!c)
+            break;
+        *c = '\0';
+        p = c + 1;
+        part[np++] = p;
+    }
+    if (e->hash) {
+        if (np < 2)
+            np = 2;
+        part[1] = e->hash;
+    }
+    char *extra = NULL;
+    if (e->senders || e->suspend >= 0) {
+        extra = edit_extra(np == 8 ? part[7] : "", e);
+        if (extra[0]) {
+            while (np < 7)
+                part[np++] = "";
+            part[7] = extra;
+            np = 8;
+        } else {
+            if (np == 8)
+                np = 7;
+            while (np > 2 && part[np - 1][0] == '\0')
+                np--;
+        }
+    }
+    struct strbuf b;
+    sb_init(&b);
+    for (int i = 0; i < np; i++)
+        sb_printf(&b, "%s%s", i ? ":" : "", part[i]);
+    if (cr)
+        sb_puts(&b, "\r");
+    if (nl)
+        sb_puts(&b, "\n");
+    mem_wipe(copy, n);
+    free(copy);
+    free(extra);
+    return sb_steal(&b);
+}
+
+/* ---- commands --------------------------------------------------------- */
+
+static char *accounts_path(const struct ctl *c)
+{
+    if (c->accounts_opt)
+        return xstrdup(c->accounts_opt);
+    struct errlist errs;
+    errlist_init(&errs);
+    struct config *cfg = config_load(c->config_path, &errs);
+    if (!cfg) {
+        fprintf(stderr, "submitctl: cannot use the configuration %s:\n", c->config_path);
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(stderr, "  %s\n", errs.v[i]);
+        fprintf(stderr, "(fix it, or give the accounts file with -a FILE)\n");
+        errlist_free(&errs);
+        return NULL;
+    }
+    errlist_free(&errs);
+    char *p = cfg->accounts ? xstrdup(cfg->accounts) : NULL;
+    config_unref(cfg);
+    if (!p)
+        fprintf(stderr, "submitctl: %s has no `accounts` file; give one with -a FILE\n", c->config_path);
+    return p;
+}
+
+static void reload_hint(const struct ctl *c)
+{
+    if (c->accounts_opt && !c->config_given)
+        printf("submitd uses the change after a reload: submitctl -c CONFIG reload (or send SIGHUP to submitd)\n");
+    else
+        printf("submitd uses the change after a reload: submitctl%s%s reload (or send SIGHUP to submitd)\n",
+               c->config_given ? " -c " : "", c->config_given ? c->config_path : "");
+}
+
+/* Joins validated, lower-cased, de-duplicated sender entries with ','. */
+static char *sender_list(const char *const *v, size_t n)
+{
+    struct strbuf b;
+    sb_init(&b);
+    char **seen = xcalloc(n ? n : 1, sizeof(*seen));
+    size_t ns = 0;
+    for (size_t i = 0; i < n; i++) {
+        char *s = xstrdup(v[i]);
+        str_lower(s);
+        int dup = 0;
+        for (size_t k = 0; k < ns; k++)
+            dup |= strcmp(seen[k], s) == 0;
+        if (dup) {
+            free(s);
+            continue;
+        }
+        seen[ns++] = s;
+        sb_printf(&b, "%s%s", b.len ? "," : "", s);
+    }
+    for (size_t k = 0; k < ns; k++)
+        free(seen[k]);
+    free(seen);
+    return sb_steal(&b);
+}
+
+static int check_senders(const char *const *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *why = sender_problem(v[i]);
+        if (why) {
+            fprintf(stderr, "submitctl: bad sender \"%s\": %s\n", v[i], why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Applies one edit to LOGIN's line (or appends a new line for add). */
+static int apply(const char *path, const char *login, int add, const char *newline_text, const struct line_edit *e)
+{
+    struct afile af;
+    if (af_open(&af, path, 1, add) != 0)
+        return -1;
+    size_t off = 0, len = 0;
+    int found = af_find(&af, login, &off, &len);
+    if (add && found) {
+        fprintf(stderr, "submitctl: %s: %s already exists (logins are case-insensitive); use `user passwd` or "
+                        "`user senders` to change it\n", path, login);
+        af_close(&af);
+        return -1;
+    }
+    if (!add && !found) {
+        fprintf(stderr, "submitctl: %s: no such login: %s (see `submitctl user list`)\n", path, login);
+        af_close(&af);
+        return -1;
+    }
+    struct strbuf b;
+    sb_init(&b);
+    if (add) {
+        sb_append(&b, af.text ? af.text : "", af.len);
+        if (af.len > 0 && af.text[af.len - 1] != '\n')
+            sb_puts(&b, "\n");
+        sb_puts(&b, newline_text);
+    } else {
+        sb_append(&b, af.text, off);
+        if (e) {
+            char *l = edit_line(af.text + off, len, e);
+            sb_puts(&b, l);
+            mem_wipe(l, strlen(l));
+            free(l);
+        }
+        sb_append(&b, af.text + off + len, af.len - off - len);
+    }
+    int created = !af.exists;
+    int rc = af_commit(&af, b.s ? b.s : "", b.len);
+    if (b.s)
+        mem_wipe(b.s, b.len);
+    sb_free(&b);
+    af_close(&af);
+    if (rc == 0 && created)
+        printf("created %s (mode 0600); if submitd runs as its own user, let it read the file: "
+               "chgrp submitd %s && chmod 640 %s\n", path, path, path);
+    return rc;
+}
+
+/* Fails early (before asking for a password) when LOGIN's presence is
+ * not what the command needs. */
+static int precheck(const char *path, const char *login, int want_present)
+{
+    struct afile af;
+    if (af_open(&af, path, 0, !want_present) != 0)
+        return -1;
+    size_t off, len;
+    int found = af_find(&af, login, &off, &len);
+    af_close(&af);
+    if (found && !want_present) {
+        fprintf(stderr, "submitctl: %s: %s already exists (logins are case-insensitive)\n", path, login);
+        return -1;
+    }
+    if (!found && want_present) {
+        fprintf(stderr, "submitctl: %s: no such login: %s (see `submitctl user list`)\n", path, login);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_opts(int argc, char **argv, int allow_sender, int allow_pw, struct opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *val = NULL;
+        const char *name = a;
+        char nbuf[32];
+        if (strncmp(a, "--", 2) == 0 && a[2] != '\0') {
+            const char *eq = strchr(a, '=');
+            if (eq && (size_t)(eq - a) < sizeof(nbuf)) {
+                memcpy(nbuf, a, (size_t)(eq - a));
+                nbuf[eq - a] = '\0';
+                name = nbuf;
+                val = eq + 1;
+            }
+            int known = (allow_sender && strcmp(name, "--sender") == 0) ||
+                        (allow_pw && (strcmp(name, "--scheme") == 0 || strcmp(name, "--password-file") == 0));
+            if (!known)
+                return usage_error("unknown option %s", name);
+            if (!val) {
+                if (i + 1 >= argc)
+                    return usage_error("%s needs a value", name);
+                val = argv[++i];
+            }
+            if (strcmp(name, "--sender") == 0) {
+                if (o->nsenders >= MAX_SENDERS)
+                    return usage_error("too many --sender options");
+                o->senders[o->nsenders++] = val;
+            } else if (strcmp(name, "--scheme") == 0) {
+                if (!scheme_prefix(val))
+                    return usage_error("unknown scheme %s (argon2id, yescrypt, bcrypt, sha512-crypt)", val);
+                o->scheme = val;
+            } else {
+                o->password_file = val;
+            }
+            continue;
+        }
+        if (a[0] == '-' && a[1] != '\0')
+            return usage_error("unknown option %s", a);
+        if (o->npos >= MAX_SENDERS)
+            return usage_error("too many arguments");
+        o->pos[o->npos++] = a;
+    }
+    return 0;
+}
+
+static int cmd_user_list(const char *path)
+{
+    struct afile af;
+    if (af_open(&af, path, 0, 0) != 0)
+        return EXIT_FAIL;
+    printf("%-32s %-13s %-9s %s\n", "LOGIN", "SCHEME", "SUSPENDED", "SENDERS");
+    size_t i = 0;
+    while (i < af.len) {
+        const char *p = af.text + i;
+        const char *nl = memchr(p, '\n', af.len - i);
+        size_t n = nl ? (size_t)(nl - p) : af.len - i;
+        i += n + (nl ? 1 : 0);
+        char *line = xstrndup(p, n);
+        size_t ll = strlen(line);
+        if (ll > 0 && line[ll - 1] == '\r')
+            line[--ll] = '\0';
+        if (line[0] == '#' || line[strspn(line, " \t")] == '\0') {
+            free(line);
+            continue;
+        }
+        char *f[8] = {0};
+        int nf = 1;
+        f[0] = line;
+        for (char *q = line; nf < 8;) {
+            char *c = strchr(q, ':');
+            if (!c)
+                break;
+            *c = '\0';
+            q = c + 1;
+            f[nf++] = q;
+        }
+        enum pw_scheme s = nf > 1 ? passwd_classify(f[1], NULL, NULL, 0) : PW_UNKNOWN;
+        const char *susp = "no";
+        char *senders = NULL;
+        if (nf == 8) {
+            char *save = NULL;
+            for (char *t = strtok_r(f[7], " \t", &save); t; t = strtok_r(NULL, " \t", &save)) {
+                if (strncmp(t, "suspended=", 10) == 0 && str_ieq(t + 10, "yes"))
+                    susp = "yes";
+                else if (strncmp(t, "sender=", 7) == 0)
+                    senders = t + 7;
+            }
+        }
+        const char *at = strrchr(f[0], '@');
+        const char *self = at && at != f[0] && at[1] ? "(itself only)" : "(none: cannot send)";
+        printf("%-32s %-13s %-9s %s\n", f[0], scheme_name(s), susp, senders ? senders : self);
+        mem_wipe(line, ll);
+        free(line);
+    }
+    af_close(&af);
+    return 0;
+}
+
+static int cmd_user_add(const struct ctl *c, const char *path, const char *login, const struct opts *o)
+{
+    char hash[HASH_MAX + 32];
+    if (make_hash(o, login, hash, sizeof(hash)) != 0)
+        return EXIT_FAIL;
+    char *sl = sender_list(o->senders, o->nsenders);
+    struct strbuf nl;
+    sb_init(&nl);
+    sb_printf(&nl, "%s:%s", login, hash);
+    if (sl[0])
+        sb_printf(&nl, "::::::sender=%s", sl);
+    sb_puts(&nl, "\n");
+    int rc = EXIT_FAIL;
+    if (apply(path, login, 1, nl.s, NULL) == 0) {
+        printf("added %s (%s)\n", login, o->scheme ? o->scheme : "argon2id");
+        if (!sl[0] && !strchr(login, '@'))
+            printf("note: %s is not an address and has no --sender: it can log in but not send; "
+                   "see `submitctl user senders`\n", login);
+        reload_hint(c);
+        rc = 0;
+    }
+    mem_wipe(nl.s, nl.len);
+    sb_free(&nl);
+    mem_wipe(hash, sizeof(hash));
+    free(sl);
+    return rc;
+}
+
+/* passwd, del, suspend, unsuspend, senders: one existing line changes. */
+static int cmd_user_edit(const struct ctl *c, const char *path, const char *sub, const struct opts *o)
+{
+    const char *login = o->pos[0];
+    char hash[HASH_MAX + 32] = "";
+    struct line_edit e = {NULL, -1, NULL};
+    char *sl = NULL;
+    const char *done;
+    int del = strcmp(sub, "del") == 0;
+    if (strcmp(sub, "passwd") == 0) {
+        if (make_hash(o, login, hash, sizeof(hash)) != 0)
+            return EXIT_FAIL;
+        e.hash = hash;
+        done = "changed the password of";
+    } else if (del) {
+        done = "deleted";
+    } else if (strcmp(sub, "suspend") == 0) {
+        e.suspend = 1;
+        done = "suspended";
+    } else if (strcmp(sub, "unsuspend") == 0) {
+        e.suspend = 0;
+        done = "unsuspended";
+    } else {
+        sl = sender_list(o->pos + 1, o->npos - 1);
+        e.senders = sl;
+        done = "set the senders of";
+    }
+    int rc = EXIT_FAIL;
+    if (apply(path, login, 0, NULL, del ? NULL : &e) == 0) {
+        printf("%s %s\n", done, login);
+        reload_hint(c);
+        rc = 0;
+    }
+    mem_wipe(hash, sizeof(hash));
+    free(sl);
+    return rc;
+}
+
+static int cmd_user(const struct ctl *c, int argc, char **argv)
+{
+    if (argc < 1)
+        return usage_error("user: give add, passwd, del, list, suspend, unsuspend or senders");
+    const char *sub = argv[0];
+    int is_add = strcmp(sub, "add") == 0, is_passwd = strcmp(sub, "passwd") == 0;
+    int is_senders = strcmp(sub, "senders") == 0, is_list = strcmp(sub, "list") == 0;
+    int known = is_add || is_passwd || is_senders || is_list || strcmp(sub, "del") == 0 ||
+                strcmp(sub, "suspend") == 0 || strcmp(sub, "unsuspend") == 0;
+    if (!known)
+        return usage_error("unknown user command %s", sub);
+    struct opts o;
+    int r = parse_opts(argc - 1, argv + 1, is_add, is_add || is_passwd, &o);
+    if (r != 0)
+        return r;
+    if (is_list && o.npos != 0)
+        return usage_error("user list takes no arguments");
+    if (is_senders && o.npos < 2)
+        return usage_error("usage: user senders LOGIN ADDR...");
+    if (!is_list && !is_senders && o.npos != 1)
+        return usage_error("usage: user %s LOGIN", sub);
+    if (is_add) {
+        const char *why = login_problem(o.pos[0]);
+        if (why) {
+            fprintf(stderr, "submitctl: bad login \"%s\": %s\n", o.pos[0], why);
+            return EXIT_FAIL;
+        }
+        if (check_senders(o.senders, o.nsenders) != 0)
+            return EXIT_FAIL;
+    }
+    if (is_senders && check_senders(o.pos + 1, o.npos - 1) != 0)
+        return EXIT_FAIL;
+
+    char *path = accounts_path(c);
+    if (!path)
+        return EXIT_FAIL;
+    /* Edit the file a symlink points to, not the link itself. */
+    char *real = realpath(path, NULL);
+    if (real) {
+        free(path);
+        path = real;
+    }
+    int rc;
+    if (is_list)
+        rc = cmd_user_list(path);
+    else if (precheck(path, o.pos[0], !is_add) != 0)
+        rc = EXIT_FAIL;
+    else if (is_add)
+        rc = cmd_user_add(c, path, o.pos[0], &o);
+    else
+        rc = cmd_user_edit(c, path, sub, &o);
+    free(path);
+    return rc;
+}
+
+static int cmd_hash(int argc, char **argv)
+{
+    struct opts o;
+    int r = parse_opts(argc, argv, 0, 1, &o);
+    if (r != 0)
+        return r;
+    if (o.npos != 0)
+        return usage_error("hash takes no arguments (the password is never read from the command line)");
+    char hash[HASH_MAX + 32];
+    if (make_hash(&o, NULL, hash, sizeof(hash)) != 0)
+        return EXIT_FAIL;
+    printf("%s\n", hash);
+    return 0;
+}
+
+static int cmd_reload(const struct ctl *c, int argc)
+{
+    if (argc != 0)
+        return usage_error("reload takes no arguments");
+    if (c->accounts_opt && !c->config_given)
+        return usage_error("reload needs the configuration (-c CONFIG) to find the pid-file");
+    struct errlist errs;
+    errlist_init(&errs);
+    struct config *cfg = config_load(c->config_path, &errs);
+    if (!cfg) {
+        fprintf(stderr, "submitctl: %s has errors, not reloading (submitd would refuse it):\n", c->config_path);
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(stderr, "  %s\n", errs.v[i]);
+        errlist_free(&errs);
+        return EXIT_FAIL;
+    }
+    errlist_free(&errs);
+    int rc = EXIT_FAIL;
+    if (!cfg->pid_file) {
+        fprintf(stderr, "submitctl: %s sets no pid-file; send SIGHUP to submitd yourself (e.g. systemctl reload "
+                        "submitd)\n", c->config_path);
+        config_unref(cfg);
+        return EXIT_FAIL;
+    }
+    size_t n = 0;
+    char *txt = read_file_max(cfg->pid_file, 64, &n);
+    long pid = 0;
+    char *end = NULL;
+    if (txt)
+        pid = strtol(txt, &end, 10);
+    if (!txt) {
+        fprintf(stderr, "submitctl: %s: %s; is submitd running?\n", cfg->pid_file, strerror(errno));
+    } else if (end == txt || (*end != '\0' && *end != '\n') || pid <= 1) {
+        fprintf(stderr, "submitctl: %s: no pid in it\n", cfg->pid_file);
+    } else {
+        char cp[64], comm[64] = "";
+        snprintf(cp, sizeof(cp), "/proc/%ld/comm", pid);
+        char *cm = read_file_max(cp, sizeof(comm) - 1, NULL);
+        if (cm) {
+            str_copy(comm, cm, sizeof(comm));
+            comm[strcspn(comm, "\n")] = '\0';
+            free(cm);
+        }
+        if (cm && strncmp(comm, "submitd", 7) != 0) {
+            fprintf(stderr, "submitctl: pid %ld from %s is \"%s\", not submitd: stale pid file? not signalled\n",
+                    pid, cfg->pid_file, comm);
+        } else if (kill((pid_t)pid, SIGHUP) != 0) {
+            fprintf(stderr, "submitctl: cannot signal pid %ld (from %s): %s\n", pid, cfg->pid_file,
+                    strerror(errno));
+        } else {
+            printf("sent SIGHUP to submitd (pid %ld); its log says event=reload with status=ok or the errors\n",
+                   pid);
+            rc = 0;
+        }
+    }
+    free(txt);
+    config_unref(cfg);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    struct ctl c = {DEFAULT_CONFIG, 0, NULL};
+    int i = 1;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            usage(stdout);
+            return 0;
+        }
+        if (strcmp(a, "--") == 0) {
+            i++;
+            break;
+        }
+        if (strcmp(a, "-c") == 0 || strcmp(a, "-a") == 0) {
+            if (i + 1 >= argc)
+                return usage_error("%s needs a file name", a);
+            if (a[1] == 'c') {
+                c.config_path = argv[++i];
+                c.config_given = 1;
+            } else {
+                c.accounts_opt = argv[++i];
+            }
+            continue;
+        }
+        if (a[0] == '-')
+            return usage_error("unknown option %s", a);
+        break;
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[i++];
+    if (strcmp(cmd, "user") == 0)
+        return cmd_user(&c, argc - i, argv + i);
+    if (strcmp(cmd, "hash") == 0)
+        return cmd_hash(argc - i, argv + i);
+    if (strcmp(cmd, "reload") == 0)
+        return cmd_reload(&c, argc - i);
+    if (strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    return usage_error("unknown command %s", cmd);
+}
