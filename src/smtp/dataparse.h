@@ -90,6 +90,7 @@ struct header_scan {
     int malformed;          /* a line in the header section that is neither a
                                field nor a continuation (we then treat the
                                rest as body, like RFC 5322 readers do) */
+    int too_long;           /* the header section did not end within max_header */
     /* internal */
     int state;
     char name[80];
