@@ -1,0 +1,873 @@
+/* Unit tests for the transport boundary, the Maildir transport and the
+ * queue scheduler: transport_stream (CRLF -> LF across read boundaries),
+ * the exact Maildir file layout the integration harness expects, path
+ * expansion and sanitizing, check() errors, failures as 451 temporary
+ * results; end to end through queue_new/start/submit with a hand-built
+ * config, retry records, delivery at restart, lifetime expiry, corrupt
+ * files quarantined at start, and reload to a new transport path. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "queue/queue.h"
+#include "queue/spool.h"
+#include "queue/transport.h"
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static char *make_tmpdir(void)
+{
+    char t[] = "/tmp/test_queue.XXXXXX";
+    assert_non_null(mkdtemp(t));
+    return xstrdup(t);
+}
+
+static void rm_rf(const char *path)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+    assert_int_equal(system(cmd), 0);
+}
+
+static char *path_of(const char *a, const char *b)
+{
+    struct strbuf s;
+    sb_init(&s);
+    sb_printf(&s, "%s/%s", a, b);
+    return sb_steal(&s);
+}
+
+/* Regular files in dir (sorted names), count returned; names optional. */
+static int count_files(const char *dir, char ***names)
+{
+    struct dirent **nl;
+    int n = scandir(dir, &nl, NULL, alphasort);
+    int c = 0;
+    if (names)
+        *names = xcalloc((size_t)(n > 0 ? n : 1), sizeof(char *));
+    for (int i = 0; i < n; i++) {
+        if (nl[i]->d_name[0] != '.') {
+            if (names)
+                (*names)[c] = xstrdup(nl[i]->d_name);
+            c++;
+        }
+        free(nl[i]);
+    }
+    if (n >= 0)
+        free(nl);
+    return c;
+}
+
+static void free_names(char **names, int n)
+{
+    for (int i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+static struct spool *open_spool(const char *dir)
+{
+    struct errlist errs;
+    errlist_init(&errs);
+    struct spool *s = spool_open(dir, &errs);
+    assert_int_equal(errs.n, 0);
+    assert_non_null(s);
+    errlist_free(&errs);
+    return s;
+}
+
+static const char *const PREPEND =
+    "Received: from client.test ([127.0.0.1])\r\n\tby mx.test (submitd) with ESMTPSA (TLSv1.3 x)\r\n"
+    "\tid QID;\r\n\tThu, 1 Jan 2026 00:00:00 +0000\r\n";
+
+/* Commits msg as a new message to the given recipients. */
+static void commit_msg(struct spool *s, char id[QID_LEN + 1], const char *from, const char *const *rcpts,
+                       size_t nr, const void *msg, size_t n, int64_t received)
+{
+    struct envelope e;
+    envelope_init(&e);
+    qid_new(id);
+    memcpy(e.id, id, QID_LEN + 1);
+    e.mail_from = xstrdup(from);
+    e.client_ip = xstrdup("127.0.0.1");
+    e.helo = xstrdup("client.test");
+    e.listener = xstrdup("submission");
+    e.received = received;
+    e.prepend = xstrdup(PREPEND);
+    for (size_t i = 0; i < nr; i++)
+        envelope_add_rcpt(&e, rcpts[i], 0, NULL);
+    struct spool_writer *w = spool_writer_new(s, id);
+    assert_non_null(w);
+    spool_writer_write(w, msg, n);
+    e.size = spool_writer_size(w);
+    assert_int_equal(spool_commit(w, &e), 0);
+    envelope_free(&e);
+}
+
+/* CRLF -> LF the way the harness does it (bytes.replace). */
+static char *crlf_to_lf(const char *s, size_t n, size_t *out_n)
+{
+    char *o = xmalloc(n + 1);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\r' && i + 1 < n && s[i + 1] == '\n')
+            continue;
+        o[k++] = s[i];
+    }
+    *out_n = k;
+    return o;
+}
+
+/* The exact file the harness's assert_delivered expects. */
+static char *expected_file(const char *from, const char *rcpt, const char *msg, size_t n, size_t *len)
+{
+    struct strbuf b;
+    sb_init(&b);
+    sb_printf(&b, "Return-Path: <%s>\nDelivered-To: <%s>\n", from, rcpt);
+    size_t pl, ml;
+    char *p = crlf_to_lf(PREPEND, strlen(PREPEND), &pl);
+    char *m = crlf_to_lf(msg, n, &ml);
+    sb_append(&b, p, pl);
+    sb_append(&b, m, ml);
+    free(p);
+    free(m);
+    *len = b.len;
+    return sb_steal(&b);
+}
+
+static void assert_file_is(const char *path, const char *want, size_t wlen)
+{
+    size_t got = 0;
+    char *data = read_file_max(path, 64 << 20, &got);
+    assert_non_null(data);
+    assert_int_equal(got, wlen);
+    assert_memory_equal(data, want, wlen);
+    free(data);
+}
+
+/* A message whose CRLF pairs straddle the 64 KiB read boundaries. */
+static char *big_message(size_t *n)
+{
+    struct strbuf b;
+    sb_init(&b);
+    sb_puts(&b, "From: alice@example.test\r\nTo: bob@dest.test\r\nSubject: big\r\n\r\n");
+    while (b.len < 65535)
+        sb_append(&b, "a", 1);
+    sb_puts(&b, "\r\n"); /* CR at offset 65535, LF at 65536 */
+    assert_int_equal(b.s[65535], '\r');
+    while (b.len < 2 * 65536 - 1) {
+        if (b.len % 70 == 0 && b.len + 2 <= 2 * 65536 - 1)
+            sb_puts(&b, "\r\n");
+        else
+            sb_append(&b, "b", 1);
+    }
+    sb_puts(&b, "\r\nlone CR \r here\r\n\r\r\nend.\r\n");
+    assert_memory_equal(b.s + 2 * 65536 - 1, "\r\n", 2); /* the second boundary too */
+    *n = b.len;
+    return sb_steal(&b);
+}
+
+struct test_cfg {
+    struct config c;
+    struct transport_cfg t[2];
+    struct route_cfg r[2];
+};
+
+static void cfg_init(struct test_cfg *tc, const char *path)
+{
+    memset(tc, 0, sizeof(*tc));
+    tc->c.refs = 1;
+    tc->c.file = "test.conf";
+    tc->c.hostname = "mx.test";
+    tc->t[0].name = "local";
+    tc->t[0].type = "maildir";
+    tc->t[0].line = 7;
+    tc->t[0].path = (char *)path;
+    tc->r[0].pattern = "*";
+    tc->r[0].transport = "local";
+    tc->r[0].line = 11;
+    tc->c.transports = tc->t;
+    tc->c.ntransports = 1;
+    tc->c.routes = tc->r;
+    tc->c.nroutes = 1;
+    tc->c.queue.retry_initial = 300;
+    tc->c.queue.retry_max = 14400;
+    tc->c.queue.lifetime = 5 * 86400;
+    tc->c.queue.delivery_threads = 2;
+}
+
+static int wait_for(int (*cond)(void *), void *arg, int ms)
+{
+    for (int t = 0; t < ms; t += 10) {
+        if (cond(arg))
+            return 1;
+        usleep(10000);
+    }
+    return cond(arg);
+}
+
+struct count_arg {
+    const char *dir;
+    int want;
+};
+
+static int has_files(void *arg)
+{
+    struct count_arg *a = arg;
+    return count_files(a->dir, NULL) >= a->want;
+}
+
+static int has_exactly(void *arg)
+{
+    struct count_arg *a = arg;
+    return count_files(a->dir, NULL) == a->want;
+}
+
+/* ---- transport_stream ---------------------------------------------------------- */
+
+struct sink {
+    struct strbuf b;
+    int calls;
+    int fail_after;
+};
+
+static int sink_out(void *arg, const void *buf, size_t n)
+{
+    struct sink *k = arg;
+    k->calls++;
+    if (k->fail_after && k->calls > k->fail_after)
+        return -1;
+    sb_append(&k->b, buf, n);
+    return 0;
+}
+
+static void test_stream(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    size_t n;
+    char *msg = big_message(&n);
+    const char *rc[] = {"bob@dest.test"};
+    char id[QID_LEN + 1], err[128];
+    commit_msg(s, id, "alice@example.test", rc, 1, msg, n, time(NULL));
+    struct spool_msg *m;
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+
+    struct sink k = {.calls = 0};
+    sb_init(&k.b);
+    assert_int_equal(transport_stream(m, 0, sink_out, &k), 0);
+    assert_int_equal(k.b.len, strlen(PREPEND) + n);
+    assert_memory_equal(k.b.s, PREPEND, strlen(PREPEND));
+    assert_memory_equal(k.b.s + strlen(PREPEND), msg, n);
+    assert_true(k.calls <= 4); /* buffered: 64 KiB pieces, not one call per line */
+    sb_free(&k.b);
+
+    struct sink l = {.calls = 0};
+    sb_init(&l.b);
+    assert_int_equal(transport_stream(m, 1, sink_out, &l), 0);
+    size_t pl, ml;
+    char *p = crlf_to_lf(PREPEND, strlen(PREPEND), &pl);
+    char *ms = crlf_to_lf(msg, n, &ml);
+    assert_int_equal(l.b.len, pl + ml);
+    assert_memory_equal(l.b.s, p, pl);
+    assert_memory_equal(l.b.s + pl, ms, ml);
+    assert_non_null(memmem(l.b.s, l.b.len, "lone CR \r here\n\r\nend.\n", 22));
+    assert_null(memmem(l.b.s, l.b.len, "a\r\n", 3));
+    sb_free(&l.b);
+    free(p);
+    free(ms);
+
+    /* the output failing is reported */
+    struct sink f = {.fail_after = 1};
+    sb_init(&f.b);
+    assert_int_equal(transport_stream(m, 1, sink_out, &f), -1);
+    sb_free(&f.b);
+    spool_msg_close(m);
+
+    /* a message ending in a lone CR keeps it */
+    commit_msg(s, id, "", rc, 1, "x\r\ny\r", 5, time(NULL));
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    free(m->env.prepend);
+    m->env.prepend = NULL;
+    struct sink c = {.calls = 0};
+    sb_init(&c.b);
+    assert_int_equal(transport_stream(m, 1, sink_out, &c), 0);
+    assert_int_equal(c.b.len, 4);
+    assert_memory_equal(c.b.s, "x\ny\r", 4);
+    sb_free(&c.b);
+    spool_msg_close(m);
+    free(msg);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* ---- maildir --------------------------------------------------------------------- */
+
+struct donecount {
+    int n;
+};
+
+static void job_done(struct delivery_job *job)
+{
+    ((struct donecount *)job->arg)->n++;
+}
+
+static void run_maildir(const char *tmpl, struct spool_msg *m, struct delivery_result *res)
+{
+    struct transport_cfg tc = {.name = "local", .type = "maildir", .line = 3, .path = (char *)tmpl};
+    struct errlist errs;
+    errlist_init(&errs);
+    const struct transport_ops *ops = transport_find("maildir");
+    assert_ptr_equal(ops, &maildir_transport);
+    void *inst = ops->open(&tc, &errs);
+    assert_non_null(inst);
+    assert_int_equal(errs.n, 0);
+    size_t *idx = xcalloc(m->env.nrcpts, sizeof(*idx));
+    for (size_t i = 0; i < m->env.nrcpts; i++)
+        idx[i] = i;
+    struct donecount dc = {0};
+    struct delivery_job job = {.msg = m, .rcpts = idx, .nrcpts = m->env.nrcpts, .results = res,
+                               .done = job_done, .arg = &dc};
+    ops->deliver(inst, &job);
+    assert_int_equal(dc.n, 1);
+    ops->close(inst);
+    free(idx);
+}
+
+static void test_maildir_layout(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char *sp = path_of(dir, "spool"), *md = path_of(dir, "a/b/mail");
+    struct spool *s = open_spool(sp);
+    size_t n;
+    char *msg = big_message(&n);
+    const char *rc[] = {"bob@dest.test", "carol@dest.test"};
+    char id[QID_LEN + 1], err[128];
+    commit_msg(s, id, "alice@example.test", rc, 2, msg, n, time(NULL));
+    struct spool_msg *m;
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    struct delivery_result res[2];
+    memset(res, 0xff, sizeof(res));
+    run_maildir(md, m, res);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(res[i].status, DR_OK);
+        assert_string_equal(res[i].text, "250 2.0.0 delivered to maildir");
+    }
+    char *newd = path_of(md, "new"), *tmpd = path_of(md, "tmp"), *curd = path_of(md, "cur");
+    char **names;
+    assert_int_equal(count_files(newd, &names), 2);
+    assert_int_equal(count_files(tmpd, NULL), 0);
+    assert_int_equal(count_files(curd, NULL), 0);
+    struct stat st;
+    assert_int_equal(stat(md, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    /* <sec>.M<usec>P<pid>Q<qid>R<rcptindex>.<hostname> */
+    char host[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    for (int i = 0; i < 2; i++) {
+        char pat[512];
+        snprintf(pat, sizeof(pat), "^[0-9]+\\.M[0-9]{6}P%dQ%sR[01]\\.", (int)getpid(), id);
+        regex_t re;
+        assert_int_equal(regcomp(&re, pat, REG_EXTENDED | REG_NOSUB), 0);
+        assert_int_equal(regexec(&re, names[i], 0, NULL, 0), 0);
+        regfree(&re);
+        assert_string_equal(strchr(strchr(names[i], '.') + 1, '.') + 1, host);
+        char *f = path_of(newd, names[i]);
+        assert_int_equal(stat(f, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0600);
+        size_t got;
+        char *data = read_file_max(f, 1 << 20, &got);
+        const char *r = strstr(names[i], "R0.") ? rc[0] : rc[1];
+        size_t wl;
+        char *want = expected_file("alice@example.test", r, msg, n, &wl);
+        assert_int_equal(got, wl);
+        assert_memory_equal(data, want, wl);
+        free(want);
+        free(data);
+        free(f);
+    }
+    free_names(names, 2);
+    spool_msg_close(m);
+
+    /* null sender: Return-Path: <> */
+    const char *one[] = {"dave@dest.test"};
+    commit_msg(s, id, "", one, 1, "Subject: n\r\n\r\nnull\r\n", 20, time(NULL));
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    run_maildir(md, m, res);
+    assert_int_equal(res[0].status, DR_OK);
+    assert_int_equal(count_files(newd, &names), 3);
+    for (int i = 0; i < 3; i++) {
+        if (!strstr(names[i], id))
+            continue;
+        char *f = path_of(newd, names[i]);
+        size_t wl;
+        char *want = expected_file("", "dave@dest.test", "Subject: n\r\n\r\nnull\r\n", 20, &wl);
+        assert_file_is(f, want, wl);
+        free(want);
+        free(f);
+    }
+    free_names(names, 3);
+    spool_msg_close(m);
+    free(newd);
+    free(tmpd);
+    free(curd);
+    free(msg);
+    spool_close(s);
+    free(sp);
+    free(md);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_maildir_expand_and_check(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char *sp = path_of(dir, "spool");
+    struct spool *s = open_spool(sp);
+    const char *rc[] = {"Jo/e@Ex.AMPLE.test", ".hidden@x.test", "plain@Y.test"};
+    char id[QID_LEN + 1], err[128];
+    commit_msg(s, id, "a@b.test", rc, 3, "S: x\r\n\r\nb\r\n", 11, time(NULL));
+    struct spool_msg *m;
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    struct strbuf t;
+    sb_init(&t);
+    sb_printf(&t, "%s/%%d/%%u/%%a%%%%", dir);
+    struct delivery_result res[3];
+    run_maildir(t.s, m, res);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(res[i].status, DR_OK);
+    const char *dirs[] = {"ex.ample.test/Jo_e/Jo_e@Ex.AMPLE.test%", "x.test/_hidden/_hidden@x.test%",
+                          "y.test/plain/plain@Y.test%"};
+    for (int i = 0; i < 3; i++) {
+        char *d = path_of(dir, dirs[i]);
+        char *nd = path_of(d, "new");
+        assert_int_equal(count_files(nd, NULL), 1);
+        free(nd);
+        free(d);
+    }
+    sb_free(&t);
+    spool_msg_close(m);
+
+    /* check(): path missing, relative, bad escape, unknown option -> file:line errors */
+    struct kv opt = {.key = "frobnicate", .value = "1", .line = 9};
+    struct transport_cfg bad[] = {
+        {.name = "a", .type = "maildir", .line = 4, .path = NULL},
+        {.name = "b", .type = "maildir", .line = 5, .path = "relative/mail"},
+        {.name = "c", .type = "maildir", .line = 6, .path = "/var/mail/%x"},
+        {.name = "d", .type = "maildir", .line = 8, .path = "/var/mail/%d", .opts = &opt, .nopts = 1},
+    };
+    const char *want[] = {"x.conf:4: transport a: maildir needs a path",
+                          "x.conf:5: transport b: maildir path must be absolute",
+                          "x.conf:6: transport c: maildir path: unknown %-escape",
+                          "x.conf:9: transport d: unknown option 'frobnicate'"};
+    for (int i = 0; i < 4; i++) {
+        struct errlist errs;
+        errlist_init(&errs);
+        assert_int_equal(maildir_transport.check(&bad[i], "x.conf", &errs), -1);
+        assert_int_equal(errs.n, 1);
+        assert_true(strncmp(errs.v[0], want[i], strlen(want[i])) == 0);
+        errlist_free(&errs);
+        if (i < 3) {
+            errlist_init(&errs);
+            assert_null(maildir_transport.open(&bad[i], &errs));
+            assert_int_equal(errs.n, 1);
+            errlist_free(&errs);
+        }
+    }
+    struct transport_cfg good = {.name = "g", .type = "maildir", .line = 4, .path = "/var/mail/%d/%u"};
+    struct errlist errs;
+    errlist_init(&errs);
+    assert_int_equal(maildir_transport.check(&good, "x.conf", &errs), 0);
+    assert_int_equal(errs.n, 0);
+    errlist_free(&errs);
+    assert_null(transport_find("smoke-signals"));
+    assert_null(transport_find(NULL));
+    spool_close(s);
+    free(sp);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_maildir_failure(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char *sp = path_of(dir, "spool"), *blocker = path_of(dir, "blocker");
+    char *md = path_of(blocker, "mail");
+    struct spool *s = open_spool(sp);
+    FILE *f = fopen(blocker, "w");
+    assert_non_null(f);
+    fputs("a regular file\n", f);
+    fclose(f);
+    const char *rc[] = {"bob@dest.test"};
+    char id[QID_LEN + 1], err[128];
+    commit_msg(s, id, "a@b.test", rc, 1, "S: x\r\n\r\nb\r\n", 11, time(NULL));
+    struct spool_msg *m;
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    struct delivery_result res[1];
+    run_maildir(md, m, res);
+    assert_int_equal(res[0].status, DR_TEMP);
+    char want[600];
+    snprintf(want, sizeof(want), "451 4.3.0 maildir %s: Not a directory", md);
+    assert_string_equal(res[0].text, want);
+    spool_msg_close(m);
+    spool_close(s);
+    free(sp);
+    free(md);
+    free(blocker);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* ---- the scheduler ------------------------------------------------------------------ */
+
+static struct queue *start_queue(struct spool *s, struct config *c)
+{
+    struct errlist errs;
+    errlist_init(&errs);
+    struct queue *q = queue_new(s, c, &errs);
+    assert_non_null(q);
+    assert_int_equal(errs.n, 0);
+    errlist_free(&errs);
+    assert_int_equal(queue_start(q), 0);
+    return q;
+}
+
+static void test_queue_end_to_end(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char *sp = path_of(dir, "spool"), *md = path_of(dir, "mail");
+    char *newd = path_of(md, "new"), *qd = path_of(sp, "queue");
+    struct spool *s = open_spool(sp);
+    struct test_cfg tc;
+    cfg_init(&tc, md);
+    struct queue *q = start_queue(s, &tc.c);
+    assert_int_equal(tc.c.refs, 2); /* the queue holds its own reference */
+    enum { N = 25 };
+    char ids[N][QID_LEN + 1];
+    char msgs[N][64];
+    for (int i = 0; i < N; i++) {
+        char r1[64], r2[64];
+        snprintf(r1, sizeof(r1), "u%d@dest.test", i);
+        snprintf(r2, sizeof(r2), "v%d@OTHER.test", i);
+        const char *rc[] = {r1, r2};
+        snprintf(msgs[i], sizeof(msgs[i]), "Subject: m%d\r\n\r\nbody %d\r\n", i, i);
+        commit_msg(s, ids[i], "alice@example.test", rc, 2, msgs[i], strlen(msgs[i]), time(NULL));
+        queue_submit(q, ids[i]);
+    }
+    queue_submit(q, "not-a-queue-id");
+    struct count_arg ca = {newd, 2 * N};
+    assert_true(wait_for(has_files, &ca, 10000));
+    struct count_arg qa = {qd, 0};
+    assert_true(wait_for(has_exactly, &qa, 10000));
+    assert_int_equal(count_files(newd, NULL), 2 * N);
+    /* one file checked byte for byte */
+    char **names;
+    int nn = count_files(newd, &names);
+    int seen = 0;
+    for (int k = 0; k < nn; k++) {
+        if (!strstr(names[k], ids[7]) || !strstr(names[k], "R1."))
+            continue;
+        char *f = path_of(newd, names[k]);
+        size_t wl;
+        char *want = expected_file("alice@example.test", "v7@OTHER.test", msgs[7], strlen(msgs[7]), &wl);
+        assert_file_is(f, want, wl);
+        free(want);
+        free(f);
+        seen++;
+    }
+    assert_int_equal(seen, 1);
+    free_names(names, nn);
+    queue_stop(q);
+    queue_free(q);
+    assert_int_equal(tc.c.refs, 1);
+    spool_close(s);
+    free(sp);
+    free(md);
+    free(newd);
+    free(qd);
+    rm_rf(dir);
+    free(dir);
+}
+
+static int has_retry_record(void *arg)
+{
+    size_t len = 0;
+    char *t = read_file_max(arg, 1 << 20, &len);
+    int ok = t && strncmp(t, "retry 0 ", 8) == 0 && t[len - 1] == '\n';
+    free(t);
+    return ok;
+}
+
+static void test_queue_retry_restart_reload(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char *sp = path_of(dir, "spool"), *md = path_of(dir, "mail"), *blocker = path_of(dir, "blocker");
+    char *badmd = path_of(blocker, "mail"), *newd = path_of(md, "new"), *qd = path_of(sp, "queue");
+    FILE *f = fopen(blocker, "w");
+    assert_non_null(f);
+    fclose(f);
+    struct spool *s = open_spool(sp);
+    struct test_cfg bad;
+    cfg_init(&bad, badmd);
+    struct queue *q = start_queue(s, &bad.c);
+    const char *rc[] = {"bob@dest.test"};
+    char id[QID_LEN + 1];
+    const char *msg = "Subject: r\r\n\r\nretry me\r\n";
+    commit_msg(s, id, "alice@example.test", rc, 1, msg, strlen(msg), time(NULL));
+    queue_submit(q, id);
+    char st[600];
+    snprintf(st, sizeof(st), "%s/%s.st", qd, id);
+    assert_true(wait_for(has_retry_record, st, 10000));
+    queue_stop(q);
+    queue_free(q);
+    /* nothing delivered, nothing lost; the retry is 5 minutes away */
+    assert_int_equal(count_files(newd, NULL), 0);
+    assert_int_equal(count_files(qd, NULL), 2);
+    struct spool_msg *m;
+    char err[128];
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_int_equal(m->attempts[0], 1);
+    assert_true(m->next_try[0] >= (int64_t)time(NULL) + 290);
+    assert_int_equal(m->state[0], RCPT_PENDING);
+    spool_msg_close(m);
+
+    /* restart with a good path: delivered at start, without a submit */
+    struct test_cfg good;
+    cfg_init(&good, md);
+    q = start_queue(s, &good.c);
+    struct count_arg ca = {newd, 1};
+    assert_true(wait_for(has_files, &ca, 10000));
+    struct count_arg qa = {qd, 0};
+    assert_true(wait_for(has_exactly, &qa, 10000));
+    char **names;
+    assert_int_equal(count_files(newd, &names), 1);
+    char *fp = path_of(newd, names[0]);
+    size_t wl;
+    char *want = expected_file("alice@example.test", "bob@dest.test", msg, strlen(msg), &wl);
+    assert_file_is(fp, want, wl);
+    free(want);
+    free(fp);
+    free_names(names, 1);
+
+    /* reload to another path: new messages go there; the old config is released */
+    char *md2 = path_of(dir, "mail2"), *new2 = path_of(md2, "new");
+    struct test_cfg other;
+    cfg_init(&other, md2);
+    struct errlist errs;
+    errlist_init(&errs);
+    struct test_cfg broken;
+    cfg_init(&broken, "relative");
+    assert_int_equal(queue_reload(q, &broken.c, &errs), -1); /* refused: the old one stays */
+    assert_int_equal(errs.n, 1);
+    assert_string_equal(errs.v[0], "test.conf:7: transport local: maildir path must be absolute");
+    assert_int_equal(broken.c.refs, 1);
+    errlist_free(&errs);
+    errlist_init(&errs);
+    assert_int_equal(queue_reload(q, &other.c, &errs), 0);
+    assert_int_equal(errs.n, 0);
+    errlist_free(&errs);
+    for (int t = 0; t < 500 && good.c.refs != 1; t++)
+        usleep(10000);
+    assert_int_equal(good.c.refs, 1);
+    assert_int_equal(other.c.refs, 2);
+    commit_msg(s, id, "alice@example.test", rc, 1, msg, strlen(msg), time(NULL));
+    queue_submit(q, id);
+    struct count_arg c2 = {new2, 1};
+    assert_true(wait_for(has_files, &c2, 10000));
+    assert_true(wait_for(has_exactly, &qa, 10000));
+    assert_int_equal(count_files(newd, NULL), 1);
+    queue_stop(q);
+    queue_free(q);
+    assert_int_equal(other.c.refs, 1);
+    free(md2);
+    free(new2);
+    spool_close(s);
+    free(sp);
+    free(md);
+    free(blocker);
+    free(badmd);
+    free(newd);
+    free(qd);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_queue_lifetime_and_corrupt(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char *sp = path_of(dir, "spool"), *blocker = path_of(dir, "blocker");
+    char *badmd = path_of(blocker, "mail"), *qd = path_of(sp, "queue"), *cd = path_of(sp, "corrupt");
+    FILE *f = fopen(blocker, "w");
+    assert_non_null(f);
+    fclose(f);
+    struct spool *s = open_spool(sp);
+    /* a foreign file with a queue-id name is in queue/ before the start */
+    char junk[QID_LEN + 1];
+    qid_new(junk);
+    char jp[600];
+    snprintf(jp, sizeof(jp), "%s/%s", qd, junk);
+    f = fopen(jp, "w");
+    assert_non_null(f);
+    fputs("not a spool file\n", f);
+    fclose(f);
+
+    struct test_cfg tc;
+    cfg_init(&tc, badmd);
+    tc.c.queue.lifetime = 60;
+    struct queue *q = start_queue(s, &tc.c);
+    struct count_arg ca = {cd, 1};
+    assert_true(wait_for(has_files, &ca, 10000));
+    char **names;
+    assert_int_equal(count_files(cd, &names), 1);
+    assert_string_equal(names[0], junk);
+    free_names(names, 1);
+
+    /* accepted 2 minutes ago with a 1-minute lifetime: the temporary
+     * failure is final, the message is removed (not quarantined) */
+    const char *rc[] = {"bob@dest.test", "carol@dest.test"};
+    char id[QID_LEN + 1];
+    commit_msg(s, id, "alice@example.test", rc, 2, "S: x\r\n\r\nb\r\n", 11, time(NULL) - 120);
+    queue_submit(q, id);
+    struct count_arg qa = {qd, 0};
+    assert_true(wait_for(has_exactly, &qa, 10000));
+    assert_int_equal(count_files(cd, NULL), 1);
+    queue_stop(q);
+    queue_free(q);
+    spool_close(s);
+    free(sp);
+    free(blocker);
+    free(badmd);
+    free(qd);
+    free(cd);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Two transports: ok.test goes to a working Maildir, everything else to a
+ * broken one. One message to both: one delivered, one deferred; the status
+ * log says exactly that. */
+static void test_queue_routes(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char *sp = path_of(dir, "spool"), *md = path_of(dir, "mail"), *blocker = path_of(dir, "blocker");
+    char *badmd = path_of(blocker, "mail"), *newd = path_of(md, "new"), *qd = path_of(sp, "queue");
+    FILE *f = fopen(blocker, "w");
+    assert_non_null(f);
+    fclose(f);
+    struct spool *s = open_spool(sp);
+    struct test_cfg tc;
+    cfg_init(&tc, badmd);
+    tc.t[1] = (struct transport_cfg){.name = "good", .type = "maildir", .line = 9, .path = md};
+    tc.r[1] = tc.r[0];
+    tc.r[0] = (struct route_cfg){.pattern = "ok.test", .transport = "good", .line = 10};
+    tc.c.ntransports = 2;
+    tc.c.nroutes = 2;
+    struct queue *q = start_queue(s, &tc.c);
+    const char *rc[] = {"far@elsewhere.test", "Near@OK.Test"};
+    char id[QID_LEN + 1];
+    const char *msg = "Subject: two\r\n\r\nways\r\n";
+    commit_msg(s, id, "alice@example.test", rc, 2, msg, strlen(msg), time(NULL));
+    queue_submit(q, id);
+    char st[600];
+    snprintf(st, sizeof(st), "%s/%s.st", qd, id);
+    struct count_arg ca = {newd, 1};
+    assert_true(wait_for(has_files, &ca, 10000));
+    for (int t = 0; t < 1000; t++) {
+        char *x = read_file_max(st, 1 << 20, NULL);
+        int ok = x && strstr(x, "retry 0 ") && strstr(x, "done 1 ");
+        free(x);
+        if (ok)
+            break;
+        usleep(10000);
+    }
+    queue_stop(q);
+    queue_free(q);
+    struct spool_msg *m;
+    char err[128];
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_int_equal(m->state[0], RCPT_PENDING);
+    assert_int_equal(m->attempts[0], 1);
+    assert_int_equal(m->state[1], RCPT_DONE);
+    spool_msg_close(m);
+    char **names;
+    assert_int_equal(count_files(newd, &names), 1);
+    assert_non_null(strstr(names[0], "R1."));
+    char *fp = path_of(newd, names[0]);
+    size_t wl;
+    char *want = expected_file("alice@example.test", "Near@OK.Test", msg, strlen(msg), &wl);
+    assert_file_is(fp, want, wl);
+    free(want);
+    free(fp);
+    free_names(names, 1);
+    spool_close(s);
+    free(sp);
+    free(md);
+    free(blocker);
+    free(badmd);
+    free(newd);
+    free(qd);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_queue_new_errors(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    struct test_cfg tc;
+    cfg_init(&tc, "/x/%d");
+    tc.t[0].type = "carrier-pigeon";
+    struct errlist errs;
+    errlist_init(&errs);
+    assert_null(queue_new(s, &tc.c, &errs));
+    assert_int_equal(errs.n, 1);
+    assert_string_equal(errs.v[0], "test.conf:7: transport local: unknown type carrier-pigeon");
+    assert_int_equal(tc.c.refs, 1);
+    errlist_free(&errs);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+int main(void)
+{
+    log_init("test_queue", 0, LOG_LVL_ERR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stream),
+        cmocka_unit_test(test_maildir_layout),
+        cmocka_unit_test(test_maildir_expand_and_check),
+        cmocka_unit_test(test_maildir_failure),
+        cmocka_unit_test(test_queue_end_to_end),
+        cmocka_unit_test(test_queue_retry_restart_reload),
+        cmocka_unit_test(test_queue_lifetime_and_corrupt),
+        cmocka_unit_test(test_queue_routes),
+        cmocka_unit_test(test_queue_new_errors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

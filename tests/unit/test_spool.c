@@ -1,0 +1,785 @@
+/* Unit tests for the spool: the envelope codec (round trips with nasty
+ * values, strict decode errors), writer + commit + open + pread, abort and
+ * commit failures leaving nothing behind, torn/foreign/corrupt files, the
+ * .st status log (replay, torn last record, bad records), remove,
+ * quarantine, scan order and tmp/ clean-up at open. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "core/util.h"
+#include "queue/spool.h"
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static char *make_tmpdir(void)
+{
+    char t[] = "/tmp/test_spool.XXXXXX";
+    assert_non_null(mkdtemp(t));
+    return xstrdup(t);
+}
+
+static void rm_rf(const char *path)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Names in dir/sub, sorted, joined by ','. */
+static char *list_dir(const char *dir, const char *sub)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", dir, sub);
+    struct dirent **nl;
+    int n = scandir(p, &nl, NULL, alphasort);
+    struct strbuf b;
+    sb_init(&b);
+    sb_puts(&b, "");
+    for (int i = 0; i < n; i++) {
+        if (strcmp(nl[i]->d_name, ".") != 0 && strcmp(nl[i]->d_name, "..") != 0)
+            sb_printf(&b, "%s%s", b.len ? "," : "", nl[i]->d_name);
+        free(nl[i]);
+    }
+    if (n >= 0)
+        free(nl);
+    return sb_steal(&b);
+}
+
+static struct spool *open_spool(const char *dir)
+{
+    struct errlist errs;
+    errlist_init(&errs);
+    struct spool *s = spool_open(dir, &errs);
+    assert_int_equal(errs.n, 0);
+    assert_non_null(s);
+    errlist_free(&errs);
+    return s;
+}
+
+static void fill_env(struct envelope *e, size_t nrcpts)
+{
+    envelope_init(e);
+    e->mail_from = xstrdup("alice@example.test");
+    e->auth_user = xstrdup("alice");
+    e->client_ip = xstrdup("127.0.0.1");
+    e->helo = xstrdup("client.test");
+    e->listener = xstrdup("submission");
+    e->body = 2;
+    e->smtputf8 = 0;
+    e->dsn_ret = 1;
+    e->received = 1700000000;
+    e->prepend = xstrdup("Received: from client.test\r\n\tby mx.test; date\r\n");
+    for (size_t i = 0; i < nrcpts; i++) {
+        char a[64];
+        snprintf(a, sizeof(a), "rcpt%zu@dest.test", i);
+        envelope_add_rcpt(e, a, (unsigned)(i % 16), i % 2 ? "rfc822;x@y" : NULL);
+    }
+}
+
+/* Commits body[0..n) as a new message; id is filled. */
+static void commit_msg(struct spool *s, char id[QID_LEN + 1], const void *body, size_t n, size_t nrcpts)
+{
+    struct envelope e;
+    fill_env(&e, nrcpts);
+    qid_new(id);
+    memcpy(e.id, id, QID_LEN + 1);
+    struct spool_writer *w = spool_writer_new(s, id);
+    assert_non_null(w);
+    spool_writer_write(w, body, n);
+    e.size = spool_writer_size(w);
+    assert_int_equal(spool_commit(w, &e), 0);
+    envelope_free(&e);
+}
+
+static int streq_null(const char *a, const char *b)
+{
+    if (!a || !b)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+static void assert_env_equal(const struct envelope *a, const struct envelope *b)
+{
+    assert_string_equal(a->id, b->id);
+    assert_true(streq_null(a->mail_from, b->mail_from));
+    assert_true(streq_null(a->auth_user, b->auth_user));
+    assert_true(streq_null(a->client_ip, b->client_ip));
+    assert_true(streq_null(a->helo, b->helo));
+    assert_true(streq_null(a->listener, b->listener));
+    assert_true(streq_null(a->envid, b->envid));
+    assert_true(streq_null(a->prepend, b->prepend));
+    assert_int_equal(a->body, b->body);
+    assert_int_equal(a->smtputf8, b->smtputf8);
+    assert_int_equal(a->dsn_ret, b->dsn_ret);
+    assert_int_equal(a->received, b->received);
+    assert_int_equal(a->size, b->size);
+    assert_int_equal(a->nrcpts, b->nrcpts);
+    for (size_t i = 0; i < a->nrcpts; i++) {
+        assert_string_equal(a->rcpts[i].addr, b->rcpts[i].addr);
+        assert_int_equal(a->rcpts[i].notify, b->rcpts[i].notify);
+        assert_true(streq_null(a->rcpts[i].orcpt, b->rcpts[i].orcpt));
+    }
+}
+
+static void roundtrip(const struct envelope *e)
+{
+    struct strbuf t;
+    sb_init(&t);
+    spool_env_encode(e, &t);
+    /* the trailer is printable ASCII lines only */
+    for (size_t i = 0; i < t.len; i++)
+        assert_true(t.s[i] == '\n' || (t.s[i] >= 0x20 && t.s[i] < 0x7f));
+    struct envelope d;
+    char err[128] = "";
+    assert_int_equal(spool_env_decode(t.s, t.len, &d, err, sizeof(err)), 0);
+    assert_env_equal(e, &d);
+    struct strbuf t2;
+    sb_init(&t2);
+    spool_env_encode(&d, &t2);
+    assert_int_equal(t.len, t2.len);
+    assert_memory_equal(t.s, t2.s, t.len);
+    envelope_free(&d);
+    sb_free(&t);
+    sb_free(&t2);
+}
+
+/* ---- envelope codec -------------------------------------------------------------- */
+
+static void test_env_roundtrip(void **state)
+{
+    (void)state;
+    struct envelope e;
+    fill_env(&e, 0);
+    qid_new(e.id);
+    e.size = 12345678901ull;
+    e.received = -5;
+    roundtrip(&e); /* 0 recipients */
+
+    free(e.helo);
+    e.helo = xstrdup("he\r\nlo \"q\" \\ \x01\x7f caf\xc3\xa9 \xff\xfe end ");
+    e.envid = xstrdup("  env id with spaces\ttab  ");
+    free(e.prepend);
+    e.prepend = xstrdup("Received: from x\r\n\tby y;\r\n\tTue, 1 Jan 2030 00:00:00 +0000\r\nX-Bare: \r \n\r\n");
+    free(e.mail_from);
+    e.mail_from = xstrdup("");
+    free(e.auth_user);
+    e.auth_user = NULL;
+    e.smtputf8 = 1;
+    e.body = 3;
+    e.dsn_ret = 2;
+    envelope_add_rcpt(&e, "r\xc3\xa9@d\xc3\xa9.test", 15, "utf-8;r\r\n\"x\"@y ");
+    envelope_add_rcpt(&e, "\"odd local\"@x.test", 0, "");
+    roundtrip(&e);
+    for (int i = 0; i < 2000; i++) {
+        char a[64];
+        snprintf(a, sizeof(a), "many%d@dest-%d.test", i, i % 7);
+        envelope_add_rcpt(&e, a, (unsigned)(i & 15), i % 3 ? NULL : a);
+    }
+    assert_int_equal(e.nrcpts, 2002);
+    roundtrip(&e);
+    envelope_free(&e);
+    assert_null(e.rcpts);
+    assert_int_equal(e.nrcpts, 0);
+}
+
+static int decode_fails(const char *text, const char *want_reason)
+{
+    struct envelope d;
+    char err[160] = "";
+    int rc = spool_env_decode(text, strlen(text), &d, err, sizeof(err));
+    if (rc == 0) {
+        envelope_free(&d);
+        return 0;
+    }
+    if (want_reason && !strstr(err, want_reason)) {
+        fprintf(stderr, "reason '%s' lacks '%s'\n", err, want_reason);
+        return 0;
+    }
+    return rc == -1;
+}
+
+/* Replaces the first occurrence of `from` in t with `to`. */
+static char *subst(const char *t, const char *from, const char *to)
+{
+    const char *p = strstr(t, from);
+    assert_non_null(p);
+    struct strbuf b;
+    sb_init(&b);
+    sb_append(&b, t, (size_t)(p - t));
+    sb_puts(&b, to);
+    sb_puts(&b, p + strlen(from));
+    return sb_steal(&b);
+}
+
+static void test_env_decode_errors(void **state)
+{
+    (void)state;
+    struct envelope e;
+    fill_env(&e, 3);
+    qid_new(e.id);
+    e.envid = xstrdup("E1");
+    struct strbuf t;
+    sb_init(&t);
+    spool_env_encode(&e, &t);
+    envelope_free(&e);
+    /* every proper prefix (a torn trailer) is refused */
+    for (size_t l = 0; l < t.len; l++) {
+        struct envelope d;
+        char err[128];
+        assert_int_equal(spool_env_decode(t.s, l, &d, err, sizeof(err)), -1);
+        assert_null(d.mail_from);
+    }
+    assert_true(decode_fails("", "empty"));
+    char *x;
+    x = subst(t.s, "submitd-envelope 1", "submitd-envelope 2");
+    assert_true(decode_fails(x, "version"));
+    free(x);
+    x = subst(t.s, "submitd-envelope 1", "hello");
+    assert_true(decode_fails(x, "not a submitd envelope"));
+    free(x);
+    x = subst(t.s, "helo \"client.test\"\n", "");
+    assert_true(decode_fails(x, "missing field helo"));
+    free(x);
+    x = subst(t.s, "body 2", "body x");
+    assert_true(decode_fails(x, "bad number"));
+    free(x);
+    x = subst(t.s, "body 2", "body 02");
+    assert_true(decode_fails(x, "bad number"));
+    free(x);
+    x = subst(t.s, "body 2", "body 4");
+    assert_true(decode_fails(x, "out of range"));
+    free(x);
+    x = subst(t.s, "size ", "size 99999999999999999999999");
+    assert_true(decode_fails(x, NULL));
+    free(x);
+    x = subst(t.s, "client.test", "cli\\x4gent");
+    assert_true(decode_fails(x, "bad escape"));
+    free(x);
+    x = subst(t.s, "client.test", "cli\\qent");
+    assert_true(decode_fails(x, "bad escape"));
+    free(x);
+    x = subst(t.s, "client.test", "cli\\x00ent");
+    assert_true(decode_fails(x, "NUL"));
+    free(x);
+    x = subst(t.s, "client.test", "cli\xc3\xa9nt");
+    assert_true(decode_fails(x, "non-ASCII"));
+    free(x);
+    x = subst(t.s, "\"client.test\"", "\"client.test");
+    assert_true(decode_fails(x, "unterminated"));
+    free(x);
+    x = subst(t.s, "\"client.test\"", "\"client.test\" more");
+    assert_true(decode_fails(x, "trailing"));
+    free(x);
+    x = subst(t.s, "envid \"E1\"", "envid \"E1\"\nfrobnicate 1");
+    assert_true(decode_fails(x, "unknown key"));
+    free(x);
+    x = subst(t.s, "envid \"E1\"", "envid \"E1\"\nenvid \"E2\"");
+    assert_true(decode_fails(x, "duplicate"));
+    free(x);
+    x = subst(t.s, "rcpts 3", "rcpts 4");
+    assert_true(decode_fails(x, "fewer rcpt"));
+    free(x);
+    x = subst(t.s, "rcpts 3", "rcpts 2");
+    assert_true(decode_fails(x, "more rcpt"));
+    free(x);
+    x = subst(t.s, "\"rcpt0@dest.test\"", "\"\"");
+    assert_true(decode_fails(x, "empty recipient"));
+    free(x);
+    x = subst(t.s, "rcpt \"rcpt0@dest.test\" 0 -", "rcpt \"rcpt0@dest.test\"  0 -");
+    assert_true(decode_fails(x, NULL));
+    free(x);
+    x = subst(t.s, "\nend\n", "\nend\nextra 1\n");
+    assert_true(decode_fails(x, "after end"));
+    free(x);
+    x = subst(t.s, "\nend\n", "\n");
+    assert_true(decode_fails(x, "no end line"));
+    free(x);
+    x = subst(t.s, "id ", "id 0123");
+    assert_true(decode_fails(x, "bad id"));
+    free(x);
+    /* and the unmodified text still decodes */
+    struct envelope d;
+    assert_int_equal(spool_env_decode(t.s, t.len, &d, NULL, 0), 0);
+    assert_string_equal(d.envid, "E1");
+    assert_int_equal(d.nrcpts, 3);
+    assert_int_equal(d.rcpts[1].notify, 1);
+    assert_string_equal(d.rcpts[1].orcpt, "rfc822;x@y");
+    assert_null(d.rcpts[0].orcpt);
+    envelope_free(&d);
+    sb_free(&t);
+}
+
+/* ---- writer, commit, read -------------------------------------------------------- */
+
+static void test_commit_open_pread(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    assert_string_equal(spool_dir(s), dir);
+    char p[512];
+    struct stat st;
+    const char *subs[] = {"tmp", "queue", "corrupt"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p, sizeof(p), "%s/%s", dir, subs[i]);
+        assert_int_equal(stat(p, &st), 0);
+        assert_true(S_ISDIR(st.st_mode));
+        assert_int_equal(st.st_mode & 0777, 0700);
+    }
+    size_t n = 300000;
+    unsigned char *body = xmalloc(n);
+    for (size_t i = 0; i < n; i++)
+        body[i] = (unsigned char)((i * 131u + (i >> 9)) & 0xff);
+    char id[QID_LEN + 1];
+    qid_new(id);
+    struct spool_writer *w = spool_writer_new(s, id);
+    assert_non_null(w);
+    snprintf(p, sizeof(p), "%s/tmp/%s", dir, id);
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    /* a second writer for the same id is refused (O_EXCL) */
+    assert_null(spool_writer_new(s, id));
+    assert_int_equal(errno, EEXIST);
+    size_t chunks[] = {1, 2, 1000, 65535, 65536, 70000, 3};
+    size_t off = 0;
+    for (size_t i = 0; off < n; i++) {
+        size_t c = chunks[i % ARRAY_LEN(chunks)];
+        if (c > n - off)
+            c = n - off;
+        spool_writer_write(w, body + off, c);
+        off += c;
+    }
+    assert_int_equal(spool_writer_failed(w), 0);
+    assert_int_equal(spool_writer_size(w), n);
+    struct envelope e;
+    fill_env(&e, 2);
+    memcpy(e.id, id, sizeof(id));
+    e.size = n;
+    assert_int_equal(spool_commit(w, &e), 0);
+    assert_int_equal(stat(p, &st), -1); /* gone from tmp/ */
+    snprintf(p, sizeof(p), "%s/queue/%s", dir, id);
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_true((uint64_t)st.st_size > n);
+
+    struct spool_msg *m;
+    char err[128] = "";
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_env_equal(&e, &m->env);
+    assert_int_equal(m->state[0], RCPT_PENDING);
+    assert_int_equal(m->state[1], RCPT_PENDING);
+    assert_int_equal(m->next_try[0], 0);
+    assert_int_equal(m->attempts[1], 0);
+    assert_false(spool_msg_complete(m));
+    unsigned char *back = xmalloc(n + 100);
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = spool_msg_pread(m, back + got, 50000, got);
+        assert_true(r > 0);
+        got += (size_t)r;
+    }
+    assert_memory_equal(back, body, n);
+    /* never past the message bytes into the trailer */
+    assert_int_equal(spool_msg_pread(m, back, 100, n - 10), 10);
+    assert_memory_equal(back, body + n - 10, 10);
+    assert_int_equal(spool_msg_pread(m, back, 100, n), 0);
+    spool_msg_close(m);
+    envelope_free(&e);
+
+    /* an empty message works too */
+    char id2[QID_LEN + 1];
+    commit_msg(s, id2, "", 0, 1);
+    assert_int_equal(spool_msg_open(s, id2, &m, err, sizeof(err)), 0);
+    assert_int_equal(m->env.size, 0);
+    assert_int_equal(spool_msg_pread(m, back, 10, 0), 0);
+    spool_msg_close(m);
+
+    /* ids that are not queue ids never reach a path */
+    assert_null(spool_writer_new(s, "../../etc/passwd"));
+    assert_int_equal(errno, EINVAL);
+    assert_int_equal(spool_msg_open(s, "../queue/x", &m, err, sizeof(err)), -1);
+    assert_null(m);
+    assert_int_equal(spool_remove(s, "0123"), -1);
+    assert_int_equal(spool_quarantine(s, "/etc/passwd"), -1);
+    free(body);
+    free(back);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_abort_and_commit_failures(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    char id[QID_LEN + 1];
+    char *l;
+
+    /* abort */
+    qid_new(id);
+    struct spool_writer *w = spool_writer_new(s, id);
+    assert_non_null(w);
+    spool_writer_write(w, "hello\r\n", 7);
+    spool_writer_abort(w);
+    l = list_dir(dir, "tmp");
+    assert_string_equal(l, "");
+    free(l);
+
+    /* rename onto a directory in the way */
+    qid_new(id);
+    char p[512];
+    snprintf(p, sizeof(p), "%s/queue/%s", dir, id);
+    assert_int_equal(mkdir(p, 0700), 0);
+    w = spool_writer_new(s, id);
+    assert_non_null(w);
+    spool_writer_write(w, "hello\r\n", 7);
+    struct envelope e;
+    fill_env(&e, 1);
+    errno = 0;
+    assert_int_equal(spool_commit(w, &e), -1);
+    assert_true(errno == EEXIST || errno == EISDIR);
+    l = list_dir(dir, "tmp");
+    assert_string_equal(l, "");
+    free(l);
+    assert_int_equal(rmdir(p), 0);
+
+    /* a write error (file size limit -> EFBIG) is sticky and surfaces as errno */
+    struct rlimit old, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    void (*oldsig)(int) = signal(SIGXFSZ, SIG_IGN);
+    lim = old;
+    lim.rlim_cur = 100000;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    qid_new(id);
+    w = spool_writer_new(s, id);
+    assert_non_null(w);
+    char *big = xcalloc(1, 70000);
+    spool_writer_write(w, big, 70000);
+    spool_writer_write(w, big, 70000); /* flushes: over the limit */
+    int werr = spool_writer_failed(w);
+    spool_writer_write(w, "x", 1); /* ignored */
+    assert_int_equal(spool_writer_failed(w), EFBIG);
+    assert_int_equal(werr, EFBIG);
+    assert_int_equal(spool_writer_size(w), 70000);
+    errno = 0;
+    assert_int_equal(spool_commit(w, &e), -1);
+    assert_int_equal(errno, EFBIG);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, oldsig);
+    free(big);
+    l = list_dir(dir, "tmp");
+    assert_string_equal(l, "");
+    free(l);
+    l = list_dir(dir, "queue");
+    assert_string_equal(l, "");
+    free(l);
+    envelope_free(&e);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void write_file(const char *path, const void *data, size_t n, int append)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(write_all(fd, data, n), 0);
+    close(fd);
+}
+
+static off_t file_size(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return -1;
+    return st.st_size;
+}
+
+static void test_status_log(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    char id[QID_LEN + 1], st[512], err[160];
+    commit_msg(s, id, "Subject: x\r\n\r\nbody\r\n", 20, 4);
+    snprintf(st, sizeof(st), "%s/queue/%s.st", dir, id);
+    struct spool_msg *m;
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_int_equal(file_size(st), -1); /* created on the first record */
+    assert_int_equal(spool_mark_retry(s, m, 0, 1800000000, "451 4.3.0 try \"later\"\r\n"), 0);
+    assert_int_equal(m->attempts[0], 1);
+    assert_int_equal(m->next_try[0], 1800000000);
+    assert_int_equal(spool_mark_done(s, m, 1), 0);
+    assert_int_equal(spool_mark_failed(s, m, 2, "550 5.1.1 no such user"), 0);
+    assert_int_equal(spool_mark_retry(s, m, 0, 1800000600, "451 again"), 0);
+    assert_int_equal(m->attempts[0], 2);
+    assert_int_equal(spool_mark_done(s, m, 99), -1);
+    assert_int_equal(m->state[1], RCPT_DONE);
+    assert_int_equal(m->state[2], RCPT_FAILED);
+    spool_msg_close(m);
+
+    /* replay */
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_int_equal(m->state[0], RCPT_PENDING);
+    assert_int_equal(m->attempts[0], 2);
+    assert_int_equal(m->next_try[0], 1800000600);
+    assert_int_equal(m->state[1], RCPT_DONE);
+    assert_int_equal(m->state[2], RCPT_FAILED);
+    assert_int_equal(m->state[3], RCPT_PENDING);
+    assert_int_equal(m->next_try[3], 0);
+    assert_int_equal(m->attempts[3], 0);
+    assert_false(spool_msg_complete(m));
+    /* a later record never reopens a final state */
+    assert_int_equal(spool_mark_done(s, m, 2), 0);
+    spool_msg_close(m);
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_int_equal(m->state[2], RCPT_FAILED);
+    spool_msg_close(m);
+
+    /* a torn last record (no newline) is ignored and cut off */
+    off_t good = file_size(st);
+    write_file(st, "done 0 1700000000 1234", 22, 1);
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_int_equal(m->state[0], RCPT_PENDING);
+    assert_int_equal(m->attempts[0], 2);
+    assert_int_equal(file_size(st), good);
+    /* the next record starts on its own line and is read back */
+    assert_int_equal(spool_mark_done(s, m, 3), 0);
+    spool_msg_close(m);
+    /* a complete line with a bad checksum is ignored */
+    write_file(st, "done 0 1700000000 00000000\n", 27, 1);
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_int_equal(m->state[0], RCPT_PENDING);
+    assert_int_equal(m->state[3], RCPT_DONE);
+    assert_int_equal(spool_mark_done(s, m, 0), 0);
+    assert_true(spool_msg_complete(m));
+    spool_msg_close(m);
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_true(spool_msg_complete(m));
+    spool_msg_close(m);
+
+    /* a checksummed record that makes no sense: the message is refused */
+    char id2[QID_LEN + 1], st2[512];
+    commit_msg(s, id2, "x", 1, 1);
+    assert_int_equal(spool_msg_open(s, id2, &m, err, sizeof(err)), 0);
+    assert_int_equal(spool_mark_done(s, m, 0), 0);
+    spool_msg_close(m);
+    snprintf(st2, sizeof(st2), "%s/queue/%s.st", dir, id2);
+    char *text = read_file_max(st2, 4096, NULL);
+    assert_non_null(text);
+    assert_true(strncmp(text, "done 0 ", 7) == 0);
+    free(text);
+    /* "done 5 0" with its correct CRC-32 (index out of range) */
+    {
+        char line[64];
+        /* CRC-32 of "done 5 0", computed independently of the code under test */
+        uint32_t c = 0xFFFFFFFFu;
+        const char *pl = "done 5 0";
+        for (const char *q = pl; *q; q++) {
+            c ^= (unsigned char)*q;
+            for (int k = 0; k < 8; k++)
+                c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
+        }
+        snprintf(line, sizeof(line), "%s %08x\n", pl, (unsigned)~c);
+        write_file(st2, line, strlen(line), 0);
+    }
+    errno = 0;
+    assert_int_equal(spool_msg_open(s, id2, &m, err, sizeof(err)), -1);
+    assert_int_equal(errno, EBADMSG);
+    assert_non_null(strstr(err, "status log"));
+
+    /* remove: message and log gone */
+    assert_int_equal(spool_remove(s, id), 0);
+    assert_int_equal(file_size(st), -1);
+    snprintf(st, sizeof(st), "%s/queue/%s", dir, id);
+    assert_int_equal(file_size(st), -1);
+    assert_int_equal(spool_remove(s, id), -1);
+    assert_int_equal(errno, ENOENT);
+    /* quarantine: both moved to corrupt/ */
+    assert_int_equal(spool_quarantine(s, id2), 0);
+    char *l = list_dir(dir, "queue");
+    assert_string_equal(l, "");
+    free(l);
+    l = list_dir(dir, "corrupt");
+    char want[64];
+    snprintf(want, sizeof(want), "%s,%s.st", id2, id2);
+    assert_string_equal(l, want);
+    free(l);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+static void test_corrupt_files(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    char id[QID_LEN + 1], p[512], err[160];
+    struct spool_msg *m;
+
+    /* torn: the last byte missing */
+    commit_msg(s, id, "Subject: t\r\n\r\nx\r\n", 17, 1);
+    snprintf(p, sizeof(p), "%s/queue/%s", dir, id);
+    assert_int_equal(truncate(p, file_size(p) - 1), 0);
+    errno = 0;
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), -1);
+    assert_int_equal(errno, EBADMSG);
+    assert_null(m);
+
+    /* torn: only the message bytes made it */
+    commit_msg(s, id, "Subject: t\r\n\r\nx\r\n", 17, 1);
+    snprintf(p, sizeof(p), "%s/queue/%s", dir, id);
+    assert_int_equal(truncate(p, 17), 0);
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), -1);
+    assert_int_equal(errno, EBADMSG);
+
+    /* foreign */
+    qid_new(id);
+    snprintf(p, sizeof(p), "%s/queue/%s", dir, id);
+    char junk[300];
+    memset(junk, 'j', sizeof(junk));
+    write_file(p, junk, sizeof(junk), 0);
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), -1);
+    assert_int_equal(errno, EBADMSG);
+    assert_non_null(strstr(err, "footer"));
+
+    /* a flipped byte in the trailer: checksum */
+    commit_msg(s, id, "Subject: t\r\n\r\nx\r\n", 17, 1);
+    snprintf(p, sizeof(p), "%s/queue/%s", dir, id);
+    char *text = read_file_max(p, 1 << 20, NULL);
+    char *h = strstr(text, "client.test");
+    assert_non_null(h);
+    int fd = open(p, O_WRONLY);
+    assert_int_equal(pwrite(fd, "C", 1, h - text), 1);
+    close(fd);
+    free(text);
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), -1);
+    assert_int_equal(errno, EBADMSG);
+    assert_non_null(strstr(err, "checksum"));
+
+    /* a footer from a future format version */
+    commit_msg(s, id, "x", 1, 1);
+    snprintf(p, sizeof(p), "%s/queue/%s", dir, id);
+    fd = open(p, O_WRONLY);
+    char *f = read_file_max(p, 1 << 20, NULL);
+    char *v = strstr(f, "SUBMITD-SPOOL v1");
+    assert_non_null(v);
+    assert_int_equal(pwrite(fd, "9", 1, v - f + 15), 1);
+    close(fd);
+    free(f);
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "version"));
+
+    /* missing file: ENOENT, not corruption */
+    qid_new(id);
+    errno = 0;
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), -1);
+    assert_int_equal(errno, ENOENT);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+struct ids {
+    char v[16][QID_LEN + 1];
+    int n;
+};
+
+static void collect(void *arg, const char *id)
+{
+    struct ids *ids = arg;
+    assert_true(ids->n < 16);
+    memcpy(ids->v[ids->n++], id, QID_LEN + 1);
+}
+
+static void test_scan_and_open_cleanup(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char sub[512];
+    snprintf(sub, sizeof(sub), "%s/deeper/spool", dir);
+    struct spool *s = open_spool(sub);
+    char ids[3][QID_LEN + 1];
+    for (int i = 0; i < 3; i++) {
+        commit_msg(s, ids[i], "m", 1, 1);
+        usleep(3000);
+    }
+    /* newest first on disk does not matter: the scan sorts */
+    char p[600];
+    snprintf(p, sizeof(p), "%s/queue/README", sub);
+    write_file(p, "x", 1, 0);
+    char orphan[QID_LEN + 1];
+    qid_new(orphan);
+    snprintf(p, sizeof(p), "%s/queue/%s.st", sub, orphan);
+    write_file(p, "done 0 0 00000000\n", 18, 0);
+    struct spool_msg *m;
+    char err[128];
+    assert_int_equal(spool_msg_open(s, ids[1], &m, err, sizeof(err)), 0);
+    assert_int_equal(spool_mark_retry(s, m, 0, 1, "451 x"), 0);
+    spool_msg_close(m);
+    struct ids got = {.n = 0};
+    assert_int_equal(spool_scan(s, collect, &got), 0);
+    assert_int_equal(got.n, 3);
+    for (int i = 0; i < 3; i++)
+        assert_string_equal(got.v[i], ids[i]);
+    assert_int_equal(file_size(p), -1); /* the orphan status log went away */
+    spool_close(s);
+    /* leftovers in tmp/ (a crash mid-transaction) are removed by the next open */
+    snprintf(p, sizeof(p), "%s/tmp/%s", sub, orphan);
+    write_file(p, "half a message", 14, 0);
+    snprintf(p, sizeof(p), "%s/tmp/stray", sub);
+    write_file(p, "x", 1, 0);
+    char *l = list_dir(sub, "tmp");
+    assert_int_equal(strlen(l), QID_LEN + 6);
+    free(l);
+    s = open_spool(sub);
+    l = list_dir(sub, "tmp");
+    assert_string_equal(l, "");
+    free(l);
+    l = list_dir(sub, "queue");
+    assert_int_equal(strlen(l), 3 * QID_LEN + 2 + QID_LEN + 4 + 7); /* 3 ids, one .st, README */
+    free(l);
+    spool_close(s);
+    /* a spool directory that cannot be created */
+    struct errlist errs;
+    errlist_init(&errs);
+    snprintf(p, sizeof(p), "%s/queue/README/spool", sub);
+    assert_null(spool_open(p, &errs));
+    assert_int_equal(errs.n, 1);
+    assert_non_null(strstr(errs.v[0], "Not a directory"));
+    errlist_free(&errs);
+    rm_rf(dir);
+    free(dir);
+}
+
+int main(void)
+{
+    log_init("test_spool", 0, LOG_LVL_ERR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_env_roundtrip),
+        cmocka_unit_test(test_env_decode_errors),
+        cmocka_unit_test(test_commit_open_pread),
+        cmocka_unit_test(test_abort_and_commit_failures),
+        cmocka_unit_test(test_status_log),
+        cmocka_unit_test(test_corrupt_files),
+        cmocka_unit_test(test_scan_and_open_cleanup),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
