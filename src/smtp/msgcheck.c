@@ -1,6 +1,8 @@
 /* msgcheck: the header hook of the message stream (see msgstream.h).
- * Scans the header section as it arrives; at the end refuses a From:
- * whose addresses are not the account's own (553 5.7.1) and adds
+ * Scans the header section as it arrives; at the end refuses a header
+ * section longer than limits.header-size (552 5.3.4: fields past it could
+ * not be checked), a From: whose addresses are not all the account's own,
+ * or that holds more than 16 addresses (553 5.7.1), and adds
  * Message-ID and Date when the message has none (RFC 6409 section 8). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +11,8 @@
 
 #include "smtp/dataparse.h"
 #include "smtp/msgstream.h"
+
+#define FROM_ADDRS_MAX 16
 
 struct hdr_state {
     struct header_scan hs;
@@ -30,18 +34,30 @@ static void hdr_data(void *p, const char *buf, size_t n)
 
 static int from_check(struct hdr_state *st, const struct msg_view *v, char *reply, size_t rlen)
 {
+    char q1[LOGQ_MAX], q2[LOGQ_MAX];
+    if (st->hs.too_long) {
+        /* fields past the limit would go unchecked */
+        snprintf(reply, rlen, "552 5.3.4 Header section exceeds %zu octets", v->cfg->limits.header_size);
+        logkv(LOG_LVL_WARN, v->lc, "message.header_too_long", "limit=%zu", v->cfg->limits.header_size);
+        return 1;
+    }
     if (!v->cfg->check_from_header || !v->account || st->hs.from_count == 0)
         return 0;
-    char q1[LOGQ_MAX], q2[LOGQ_MAX];
     if (st->hs.from_count > 1 || st->hs.from_truncated) {
         snprintf(reply, rlen, "553 5.7.1 Message has more than one From: header");
         logkv(LOG_LVL_WARN, v->lc, "policy.from_header", "reason=multiple login=%s", log_q(q1, sizeof(q1), v->login));
         return 1;
     }
-    char (*addrs)[ADDR_MAX + 1] = xcalloc(16, sizeof(*addrs));
-    int n = addrlist_parse(st->hs.from, addrs, 16);
+    /* One slot more than accepted: a full array means addresses were left
+     * unread, and every address must be checked. */
+    char (*addrs)[ADDR_MAX + 1] = xcalloc(FROM_ADDRS_MAX + 1, sizeof(*addrs));
+    int n = addrlist_parse(st->hs.from, addrs, FROM_ADDRS_MAX + 1);
     int rc = 0;
-    if (n <= 0) {
+    if (n > FROM_ADDRS_MAX) {
+        snprintf(reply, rlen, "553 5.7.1 Too many addresses in the From: header (at most %d)", FROM_ADDRS_MAX);
+        logkv(LOG_LVL_WARN, v->lc, "policy.from_header", "reason=too_many login=%s", log_q(q1, sizeof(q1), v->login));
+        rc = 1;
+    } else if (n <= 0) {
         snprintf(reply, rlen, "553 5.7.1 Malformed From: header");
         logkv(LOG_LVL_WARN, v->lc, "policy.from_header", "reason=malformed from=%s login=%s",
               log_q(q1, sizeof(q1), st->hs.from), log_q(q2, sizeof(q2), v->login));

@@ -282,7 +282,7 @@ static void received_header(struct session *s, struct strbuf *b)
     sb_printf(b, "Received: from %s ([%s])\r\n\tby %s (submitd) with %s", s->helo, s->ip, s->snap.cfg->hostname, proto);
     if (s->tls)
         sb_printf(b, " (%s)", s->tlsdesc);
-    sb_printf(b, "\r\n\tid %s", s->txn.env.id);
+    sb_printf(b, " id %s", s->txn.env.id);
     if (s->txn.env.nrcpts == 1)
         sb_printf(b, "\r\n\tfor <%s>", s->txn.env.rcpts[0].addr);
     sb_printf(b, ";\r\n\t%s\r\n", date);
@@ -739,7 +739,7 @@ static void cmd_mail(struct session *s, const char *args)
             replyf(s, 1, "501 5.1.7 Bad sender address syntax");
             break;
         case PE_PARAM_UNKNOWN:
-            replyf(s, 1, "555 5.5.4 Unsupported parameter: %s", detail);
+            replyf(s, 1, "555 5.5.4 Syntax error: %s", detail);
             break;
         case PE_UTF8_NEEDS_SMTPUTF8:
             replyf(s, 1, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
@@ -795,7 +795,7 @@ static void cmd_rcpt(struct session *s, const char *args)
             replyf(s, 1, "501 5.1.3 Bad recipient address syntax");
             break;
         case PE_PARAM_UNKNOWN:
-            replyf(s, 1, "555 5.5.4 Unsupported parameter: %s", detail);
+            replyf(s, 1, "555 5.5.4 Syntax error: %s", detail);
             break;
         case PE_UTF8_NEEDS_SMTPUTF8:
             replyf(s, 1, "553 5.6.7 Non-ASCII address requires SMTPUTF8");
@@ -1036,7 +1036,9 @@ static void process(struct session *s)
         evbuffer_drain(in, consumed);
         if (s->state == ST_AUTH) {
             char challenge[64];
-            enum sasl_res sr = sasl_step(s->sasl, line, challenge, sizeof(challenge));
+            /* a NUL would cut the response short: refuse it whole */
+            enum sasl_res sr = memchr(line, '\0', ll) ? SASL_BAD_SYNTAX
+                                                      : sasl_step(s->sasl, line, challenge, sizeof(challenge));
             mem_wipe(line, ll);
             free(line);
             auth_result(s, sr, challenge);
