@@ -32,8 +32,8 @@ void logkv(enum log_level level, const struct log_ctx *ctx, const char *event, c
 
 /* Quotes a value for a log line when needed: returns s itself when it is a
  * plain token, else writes a double-quoted, escaped, truncated copy into
- * buf. Control bytes become \xNN. */
-const char *log_q(char *buf, size_t n, const char *s);
+ * buf. Control bytes become \xNN. Use the returned pointer, never buf. */
+const char *log_q(char *buf, size_t n, const char *s) __attribute__((warn_unused_result));
 
 #define LOGQ_MAX 256
 

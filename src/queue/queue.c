@@ -316,9 +316,9 @@ static void apply_result(struct queue *q, const struct config *cfg, struct spool
 {
     struct log_ctx lc = {.qid = m->env.id};
     const char *addr = m->env.rcpts[r].addr;
-    char qa[LOGQ_MAX], qt[LOGQ_MAX], qf[LOGQ_MAX];
-    log_q(qa, sizeof(qa), addr);
-    log_q(qt, sizeof(qt), res->text);
+    char qab[LOGQ_MAX], qtb[LOGQ_MAX], qf[LOGQ_MAX];
+    const char *qa = log_q(qab, sizeof(qab), addr);
+    const char *qt = log_q(qtb, sizeof(qtb), res->text);
     int rc = 0;
     if (res->status == DR_OK) {
         if (record)
