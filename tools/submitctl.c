@@ -667,7 +667,7 @@ static char *accounts_path(const struct ctl *c)
         return xstrdup(c->accounts_opt);
     struct errlist errs;
     errlist_init(&errs);
-    struct config *cfg = config_load(c->config_path, &errs);
+    struct config *cfg = config_load_paths(c->config_path, &errs);
     if (!cfg) {
         fprintf(stderr, "submitctl: cannot use the configuration %s:\n", c->config_path);
         for (size_t i = 0; i < errs.n; i++)

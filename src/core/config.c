@@ -246,6 +246,7 @@ struct parser {
     int nested;         /* depth of (refused) blocks opened inside it */
     size_t idx;         /* listener/transport index */
     int single_line[3]; /* tls, limits, queue: line of the block, 0 = not yet */
+    int no_file_checks; /* config_load_paths: files need not exist yet */
 };
 
 static void perr(struct parser *p, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -613,6 +614,8 @@ static int valid_domain(const char *s)
 static void check_file(struct parser *p, int line, const char *what, const char *path, int secret)
 {
     char eb[128];
+    if (p->no_file_checks)
+        return;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         int e = errno;
@@ -1265,7 +1268,7 @@ static void config_free(struct config *c)
     free(c);
 }
 
-static struct config *parse_text(const char *name, const char *basedir, char *text, size_t len,
+static struct config *parse_text(const char *name, const char *basedir, char *text, size_t len, int file_checks,
                                  struct errlist *errs)
 {
     struct errlist local;
@@ -1287,6 +1290,7 @@ static struct config *parse_text(const char *name, const char *basedir, char *te
     p.basedir = basedir;
     p.errs = e;
     p.c = c;
+    p.no_file_checks = !file_checks;
 
     if (strlen(text) != len) {
         perr(&p, 0, "contains a NUL byte: not a text file");
@@ -1326,7 +1330,7 @@ static char *dir_of(const char *path)
     return abs;
 }
 
-struct config *config_load(const char *path, struct errlist *errs)
+static struct config *load(const char *path, int file_checks, struct errlist *errs)
 {
     size_t len = 0;
     char *text = read_file_max(path, CONFIG_MAX_BYTES, &len);
@@ -1342,10 +1346,20 @@ struct config *config_load(const char *path, struct errlist *errs)
         return NULL;
     }
     char *dir = dir_of(path);
-    struct config *c = parse_text(path, dir, text, len, errs);
+    struct config *c = parse_text(path, dir, text, len, file_checks, errs);
     free(dir);
     free(text);
     return c;
+}
+
+struct config *config_load(const char *path, struct errlist *errs)
+{
+    return load(path, 1, errs);
+}
+
+struct config *config_load_paths(const char *path, struct errlist *errs)
+{
+    return load(path, 0, errs);
 }
 
 struct config *config_parse_string(const char *name, const char *text, struct errlist *errs)
@@ -1354,7 +1368,7 @@ struct config *config_parse_string(const char *name, const char *text, struct er
     const char *dir = getcwd(cwd, sizeof(cwd)) ? cwd : NULL;
     size_t len = strlen(text);
     char *copy = xstrndup(text, len);
-    struct config *c = parse_text(name, dir, copy, len, errs);
+    struct config *c = parse_text(name, dir, copy, len, 1, errs);
     free(copy);
     return c;
 }

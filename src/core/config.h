@@ -141,6 +141,10 @@ struct config {
  * every route names a defined transport, a `route *` exists, transports'
  * types are known. Certificates are parsed by tls_check_config(). */
 struct config *config_load(const char *path, struct errlist *errs);
+/* The same checks except that files (certificates, keys, accounts) need
+ * not exist: for tools that only want the paths, e.g. submitctl adding
+ * the first account. */
+struct config *config_load_paths(const char *path, struct errlist *errs);
 /* Same, from a string (for tests); `name` is used in messages. */
 struct config *config_parse_string(const char *name, const char *text, struct errlist *errs);
 
