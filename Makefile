@@ -5,6 +5,7 @@
 #                   same suite on the ASan+UBSan build
 #   make SAN=1      sanitizer build into build-san/
 #   make fuzz       run the libFuzzer harnesses for a while (clang)
+#   make clang-check  the same build with clang -Werror into build-clang/
 
 CC ?= cc
 ifeq ($(CC),cc)
@@ -40,7 +41,7 @@ TOOLS := $(patsubst tools/%.c,$(BUILD)/%,$(wildcard tools/*.c))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 
-.PHONY: all run test unit integration test-san clean deps deps-test fuzz bench
+.PHONY: all run test unit integration test-san clean deps deps-test fuzz fuzz-smoke clang-check bench
 
 all: $(BUILD)/submitd $(TOOLS)
 
@@ -77,21 +78,31 @@ unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
 integration: all
-	SUBMITD_BUILD=$(abspath $(BUILD)) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	SUBMITD_BUILD=$(abspath $(BUILD)) $(PYTEST) tests/integration
+
+PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=8
 
 test: deps-test
 	$(MAKE) all unit
+	$(MAKE) clang-check
 	$(MAKE) integration
+	$(MAKE) fuzz-smoke
 	$(MAKE) SAN=1 test-san
+
+clang-check:
+	$(MAKE) CC=clang BUILD=build-clang all
 
 test-san: all $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t (asan+ubsan)"; $$t; done
-	SUBMITD_BUILD=$(abspath $(BUILD)) SUBMITD_SAN=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	SUBMITD_BUILD=$(abspath $(BUILD)) SUBMITD_SAN=1 $(PYTEST) tests/integration
 
 fuzz:
 	$(MAKE) -C tests/fuzz run
 
+fuzz-smoke:
+	$(MAKE) -C tests/fuzz smoke
+
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-clang
 
 -include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -2,10 +2,12 @@
 # Installs the Debian packages submitd needs to build, run and test.
 # As root: installs what is missing. Otherwise: prints the exact
 # apt-get line and fails. Usage: scripts/deps.sh build|test
+# For `test` as root it also creates the unprivileged system user `submitd`
+# (the daemon's default user) so that the privilege-drop test can run.
 set -eu
 what=${1:-build}
 build_pkgs="build-essential pkg-config libssl-dev libevent-dev libargon2-dev libcrypt-dev openssl"
-test_pkgs="libcmocka-dev python3 python3-pytest python3-aiosmtpd python3-dkim python3-dnspython swaks curl msmtp clang valgrind libclang-rt-14-dev"
+test_pkgs="libcmocka-dev procps python3 python3-pytest python3-aiosmtpd python3-dkim python3-dnspython swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl curl msmtp clang valgrind libclang-rt-14-dev"
 pkgs=$build_pkgs
 [ "$what" = test ] && pkgs="$build_pkgs $test_pkgs"
 missing=""
@@ -16,13 +18,23 @@ for p in $pkgs; do
         *) missing="$missing $p" ;;
     esac
 done
-[ -z "$missing" ] && exit 0
+add_user() {
+    [ "$what" = test ] && [ "$(id -u)" -eq 0 ] || return 0
+    id submitd >/dev/null 2>&1 && return 0
+    echo "deps: creating system user submitd"
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin submitd
+}
+if [ -z "$missing" ]; then
+    add_user
+    exit 0
+fi
 if [ "$(id -u)" -eq 0 ]; then
     echo "deps: installing:$missing"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null
     # shellcheck disable=SC2086
     apt-get install -y -q --no-install-recommends $missing >/dev/null
+    add_user
 else
     echo "deps: missing packages. Run as root:"
     echo "  apt-get install -y$missing"
