@@ -2,7 +2,8 @@
 # `make run`: makes a demo under ./run (config, self-signed ECDSA certificate,
 # one account with a generated password, spool, Maildir) and serves it in the
 # foreground on 127.0.0.1:2587 (STARTTLS) and 127.0.0.1:2465 (implicit TLS).
-# Existing run/ files (certificate, account) are kept; the config is rewritten.
+# Existing run/ files (certificate, account, DKIM keys) are kept; the config
+# is rewritten. Mail from @example.test is DKIM-signed with both algorithms.
 # Nothing leaves the machine: the only transport is the Maildir run/mail/.
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,16 @@ if [ ! -f demo-account ] || [ ! -f accounts ]; then
     chmod 600 demo-account accounts
 fi
 mkdir -p spool mail
+# DKIM keys for the demo domain, both algorithms: mail from @example.test
+# arrives with an rsa-sha256 and an ed25519-sha256 signature.
+mkdir -p dkim
+for kind in rsa ed25519; do
+    if [ ! -f dkim/example.test.demo-$kind.key ]; then
+        if [ $kind = rsa ]; then opt="--rsa 2048"; else opt=--ed25519; fi
+        # shellcheck disable=SC2086
+        "$build/submitctl" dkim keygen example.test demo-$kind $opt --dir "$run/dkim" > dkim/demo-$kind.txt
+    fi
+done
 
 user=$(id -un)
 if [ "$(id -u)" -eq 0 ]; then
@@ -36,8 +47,8 @@ if [ "$(id -u)" -eq 0 ]; then
         useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin submitd
     fi
     chown -R submitd:submitd spool mail
-    chgrp submitd accounts localhost-ecdsa.key
-    chmod 640 accounts localhost-ecdsa.key
+    chgrp submitd accounts localhost-ecdsa.key dkim/*.key
+    chmod 640 accounts localhost-ecdsa.key dkim/*.key
     chmod 711 "$run"
     if runuser -u submitd -- test -w "$run/mail" 2>/dev/null; then
         user=submitd
@@ -73,6 +84,12 @@ listener submissions {
     mode implicit-tls
 }
 
+# DKIM: the TXT records to publish are in run/dkim/demo-*.txt
+dkim example.test {
+    key demo-rsa $run/dkim/example.test.demo-rsa.key
+    key demo-ed25519 $run/dkim/example.test.demo-ed25519.key
+}
+
 # Every recipient's copy is stored in the Maildir run/mail (new/).
 transport demo-maildir {
     type maildir
@@ -91,6 +108,7 @@ submitd demo
   password:      $dpass      (also in run/demo-account)
   may send as:   any @example.test address
   delivered to:  run/mail/new/  (one file per recipient)
+  DKIM:          example.test signed with rsa-sha256 + ed25519-sha256 (records: run/dkim/demo-*.txt)
   certificate:   run/localhost-ecdsa.crt (self-signed: use --tls-verify off / curl -k)
 
 Try, from another terminal in $top:

@@ -7,7 +7,7 @@
 set -eu
 what=${1:-build}
 build_pkgs="build-essential pkg-config libssl-dev libevent-dev libargon2-dev libcrypt-dev openssl"
-test_pkgs="libcmocka-dev procps python3 python3-pytest python3-aiosmtpd python3-dkim python3-dnspython swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl curl msmtp clang valgrind libclang-rt-14-dev"
+test_pkgs="libcmocka-dev procps python3 python3-pytest python3-aiosmtpd python3-dkim python3-dnspython swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl libmail-dkim-perl libnet-dns-perl dnsmasq-base curl msmtp clang valgrind libclang-rt-14-dev"
 pkgs=$build_pkgs
 [ "$what" = test ] && pkgs="$build_pkgs $test_pkgs"
 missing=""

@@ -1,7 +1,9 @@
 /* submitctl: the administration tool. Manages the accounts file (add,
  * change password, delete, list, suspend, set senders), prints password
- * hashes, and asks a running submitd to reload (SIGHUP to the pid in the
- * config's pid-file). Passwords come from SUBMITD_PASSWORD, a password
+ * hashes, makes DKIM keys (printing their DNS record and config lines),
+ * prints the SPF/DKIM/DMARC records a sending domain should publish, and
+ * asks a running submitd to reload (SIGHUP to the pid in the config's
+ * pid-file). Passwords come from SUBMITD_PASSWORD, a password
  * file or a no-echo prompt on /dev/tty, never from argv. The accounts file
  * is edited under an exclusive lock (FILE.lock), one line at a time with
  * every other byte kept, written to a temporary file in the same directory,
@@ -9,6 +11,8 @@
  * Exit codes: 0 ok, 1 failure, 2 usage error. */
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,13 +22,21 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "auth/accounts.h"
 #include "auth/passwd.h"
 #include "auth/sasl.h"
 #include "core/config.h"
 #include "core/util.h"
+#include "smtp/parse.h"
 
 #define DEFAULT_CONFIG "/etc/submitd/submitd.conf"
 #define EXIT_FAIL 1
@@ -32,6 +44,8 @@
 #define ACCOUNTS_MAX (512u * 1024 * 1024)
 #define HASH_MAX 512
 #define MAX_SENDERS 1000
+#define DKIM_GROUP "submitd" /* the daemon's group: may read the keys it re-reads after dropping root */
+#define TXT_CHUNK 255        /* longest character-string in a TXT record (RFC 1035 3.3) */
 
 struct ctl {
     const char *config_path; /* -c or the default */
@@ -62,6 +76,12 @@ static void usage(FILE *f)
             "  user senders LOGIN ADDR...       replace the addresses LOGIN may send as\n"
             "  hash [--scheme SCHEME] [--password-file FILE]\n"
             "  reload                           SIGHUP to the pid in the config's pid-file\n"
+            "  dkim keygen DOMAIN SELECTOR [--ed25519 | --rsa BITS] [--dir DIR]\n"
+            "                                   make a DKIM signing key (default RSA 2048; BITS 2048-4096)\n"
+            "                                   as DIR/DOMAIN.SELECTOR.key, print its DNS record and the\n"
+            "                                   configuration lines (DIR: dkim/ next to CONFIG)\n"
+            "  dns DOMAIN                       print the SPF, DKIM and DMARC records DOMAIN should publish\n"
+            "                                   to send through this server\n"
             "\n"
             "  -c CONFIG    configuration file (default " DEFAULT_CONFIG ")\n"
             "  -a ACCOUNTS  the accounts file to edit (instead of the config's `accounts`)\n"
@@ -1036,23 +1056,31 @@ static int cmd_hash(int argc, char **argv)
     return 0;
 }
 
+/* The whole configuration, files and keys checked and loaded as submitd
+ * does; NULL after printing its errors and `doing`. */
+static struct config *load_config(const struct ctl *c, const char *doing)
+{
+    struct errlist errs;
+    errlist_init(&errs);
+    struct config *cfg = config_load(c->config_path, &errs);
+    if (!cfg) {
+        fprintf(stderr, "submitctl: %s has errors, %s:\n", c->config_path, doing);
+        for (size_t i = 0; i < errs.n; i++)
+            fprintf(stderr, "  %s\n", errs.v[i]);
+    }
+    errlist_free(&errs);
+    return cfg;
+}
+
 static int cmd_reload(const struct ctl *c, int argc)
 {
     if (argc != 0)
         return usage_error("reload takes no arguments");
     if (c->accounts_opt && !c->config_given)
         return usage_error("reload needs the configuration (-c CONFIG) to find the pid-file");
-    struct errlist errs;
-    errlist_init(&errs);
-    struct config *cfg = config_load(c->config_path, &errs);
-    if (!cfg) {
-        fprintf(stderr, "submitctl: %s has errors, not reloading (submitd would refuse it):\n", c->config_path);
-        for (size_t i = 0; i < errs.n; i++)
-            fprintf(stderr, "  %s\n", errs.v[i]);
-        errlist_free(&errs);
+    struct config *cfg = load_config(c, "not reloading (submitd would refuse it)");
+    if (!cfg)
         return EXIT_FAIL;
-    }
-    errlist_free(&errs);
     int rc = EXIT_FAIL;
     if (!cfg->pid_file) {
         fprintf(stderr, "submitctl: %s sets no pid-file; send SIGHUP to submitd yourself (e.g. systemctl reload "
@@ -1092,6 +1120,352 @@ static int cmd_reload(const struct ctl *c, int argc)
         }
     }
     free(txt);
+    config_unref(cfg);
+    return rc;
+}
+
+/* ---- DKIM keys and DNS records --------------------------------------- */
+
+/* A DNS name as DKIM uses it for d= and s= (the rule of the config's dkim
+ * blocks): dot-separated labels of 1-63 letters, digits and `-`, not
+ * starting or ending with `-`, at most 253 characters. */
+static int dns_name_ok(const char *s)
+{
+    size_t n = strlen(s), label = 0;
+    if (n == 0 || n > 253)
+        return 0;
+    for (size_t i = 0; i <= n; i++) {
+        char ch = s[i];
+        if (ch == '.' || ch == '\0') {
+            if (label == 0 || label > 63 || s[i - 1] == '-')
+                return 0;
+            label = 0;
+        } else if ((label == 0 && ch == '-') ||
+                   !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-')) {
+            return 0;
+        } else {
+            label++;
+        }
+    }
+    return 1;
+}
+
+/* The p= value of the DKIM key record (RFC 6376 3.6.1) for pk: base64 of
+ * the SubjectPublicKeyInfo DER for RSA, of the raw 32-byte public key for
+ * Ed25519 (RFC 8463). *k gets the k= value. NULL for other key types. */
+static char *dkim_p_value(EVP_PKEY *pk, const char **k)
+{
+    unsigned char raw[32], *der = NULL;
+    const unsigned char *bytes = raw;
+    size_t n = sizeof(raw);
+    if (EVP_PKEY_is_a(pk, "ED25519")) {
+        if (EVP_PKEY_get_raw_public_key(pk, raw, &n) != 1 || n != sizeof(raw))
+            return NULL;
+        *k = "ed25519";
+    } else if (EVP_PKEY_is_a(pk, "RSA")) {
+        int len = i2d_PUBKEY(pk, &der);
+        if (len <= 0)
+            return NULL;
+        bytes = der;
+        n = (size_t)len;
+        *k = "rsa";
+    } else {
+        return NULL;
+    }
+    size_t cap = b64_encode(bytes, n, NULL, 0) + 1;
+    char *out = xmalloc(cap);
+    b64_encode(bytes, n, out, cap);
+    OPENSSL_free(der);
+    return out;
+}
+
+/* Prints SELECTOR._domainkey.DOMAIN. IN TXT ( "v=DKIM1; k=..; p=.." ) on
+ * one line, the value cut into strings of at most 255 characters. */
+static int print_dkim_record(const char *selector, const char *domain, EVP_PKEY *pk)
+{
+    const char *k = NULL;
+    char *p = pk ? dkim_p_value(pk, &k) : NULL;
+    if (!p) {
+        fprintf(stderr, "submitctl: the key of selector %s is neither RSA nor Ed25519\n", selector);
+        return -1;
+    }
+    struct strbuf v;
+    sb_init(&v);
+    sb_printf(&v, "v=DKIM1; k=%s; p=%s", k, p);
+    printf("%s._domainkey.%s. IN TXT (", selector, domain);
+    for (size_t off = 0; off < v.len; off += TXT_CHUNK) {
+        size_t n = v.len - off < TXT_CHUNK ? v.len - off : TXT_CHUNK;
+        printf(" \"%.*s\"", (int)n, v.s + off);
+    }
+    printf(" )\n");
+    sb_free(&v);
+    free(p);
+    return 0;
+}
+
+/* Checks DOMAIN and SELECTOR; lower-cases the domain into dom. */
+static int check_domain_selector(const char *domain, const char *selector, char *dom, size_t n)
+{
+    if (!dns_name_ok(domain) || str_copy(dom, domain, n) >= n) {
+        fprintf(stderr, "submitctl: bad domain \"%s\": expected a domain name such as example.com\n", domain);
+        return -1;
+    }
+    str_lower(dom);
+    if (selector && !dns_name_ok(selector)) {
+        fprintf(stderr, "submitctl: bad selector \"%s\": use letters, digits and '-' (dots between labels), "
+                        "e.g. 2025a\n", selector);
+        return -1;
+    }
+    if (selector && strlen(selector) + strlen("._domainkey.") + strlen(dom) > 253) {
+        fprintf(stderr, "submitctl: %s._domainkey.%s is longer than 253 characters\n", selector, dom);
+        return -1;
+    }
+    return 0;
+}
+
+/* Makes DIR (mode 0750, group gid when >= 0) when it does not exist. */
+static int make_key_dir(const char *dir, long gid)
+{
+    struct stat st;
+    if (mkdir(dir, 0750) == 0) {
+        if (chmod(dir, 0750) != 0 || (gid >= 0 && chown(dir, (uid_t)-1, (gid_t)gid) != 0)) {
+            fprintf(stderr, "submitctl: %s: %s\n", dir, strerror(errno));
+            return -1;
+        }
+        printf("created the directory %s (mode 0750%s)\n", dir, gid >= 0 ? ", group " DKIM_GROUP : "");
+        return 0;
+    }
+    if (errno != EEXIST) {
+        fprintf(stderr, "submitctl: cannot create the directory %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "submitctl: %s is not a directory\n", dir);
+        return -1;
+    }
+    return 0;
+}
+
+/* Writes the PEM (PKCS#8) of pk to a new file: never overwrites. */
+static int write_key_file(const char *path, EVP_PKEY *pk, long gid)
+{
+    BIO *mem = BIO_new(BIO_s_mem());
+    char *pem = NULL;
+    long len = 0;
+    if (!mem || PEM_write_bio_PKCS8PrivateKey(mem, pk, NULL, NULL, 0, NULL, NULL) != 1 ||
+        (len = BIO_get_mem_data(mem, &pem)) <= 0) {
+        fprintf(stderr, "submitctl: cannot encode the key\n");
+        BIO_free(mem);
+        return -1;
+    }
+    int rc = -1;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        fprintf(stderr, "submitctl: %s exists: not overwriting it. A new key needs a new selector (rotation adds "
+                        "a selector; see docs/dkim.md), or remove the old file first\n", path);
+    } else if (fd < 0) {
+        fprintf(stderr, "submitctl: cannot create %s: %s\n", path, strerror(errno));
+    } else {
+        const char *step = NULL;
+        if (fchmod(fd, 0600) != 0)
+            step = "chmod";
+        else if (gid >= 0 && (fchown(fd, (uid_t)-1, (gid_t)gid) != 0 || fchmod(fd, 0640) != 0))
+            step = "give it to the group " DKIM_GROUP;
+        else if (write_all(fd, pem, (size_t)len) != 0)
+            step = "write";
+        else if (fsync(fd) != 0)
+            step = "fsync";
+        if (close(fd) != 0 && !step)
+            step = "close";
+        if (step) {
+            fprintf(stderr, "submitctl: %s: cannot %s: %s\n", path, step, strerror(errno));
+            unlink(path);
+        } else {
+            rc = 0;
+        }
+    }
+    mem_wipe(pem, (size_t)len);
+    BIO_free(mem);
+    return rc;
+}
+
+static int cmd_dkim_keygen(const struct ctl *c, int argc, char **argv)
+{
+    const char *pos[2] = {NULL, NULL}, *dir = NULL;
+    size_t npos = 0;
+    int ed25519 = 0;
+    long bits = 0;
+    static const char use[] = "usage: dkim keygen DOMAIN SELECTOR [--ed25519 | --rsa BITS] [--dir DIR]";
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *val = NULL;
+        char name[16];
+        if (strncmp(a, "--", 2) == 0) {
+            size_t nl = strcspn(a, "=");
+            if (nl >= sizeof(name))
+                return usage_error("unknown option %s", a);
+            memcpy(name, a, nl);
+            name[nl] = '\0';
+            val = a[nl] == '=' ? a + nl + 1 : NULL;
+            if (strcmp(name, "--ed25519") == 0 && !val) {
+                ed25519 = 1;
+                continue;
+            }
+            if (strcmp(name, "--rsa") != 0 && strcmp(name, "--dir") != 0)
+                return usage_error("unknown option %s", a);
+            if (!val && i + 1 >= argc)
+                return usage_error("%s needs a value", name);
+            val = val ? val : argv[++i];
+            if (name[2] == 'd') {
+                dir = val;
+                continue;
+            }
+            char *end = NULL;
+            bits = strtol(val, &end, 10);
+            if (!*val || *end || bits < 2048 || bits > 4096)
+                return usage_error("--rsa takes a number of bits from 2048 to 4096, not %s", val);
+            continue;
+        }
+        if (a[0] == '-' && a[1])
+            return usage_error("unknown option %s", a);
+        if (npos == 2)
+            return usage_error("%s", use);
+        pos[npos++] = a;
+    }
+    if (npos != 2)
+        return usage_error("%s", use);
+    if (ed25519 && bits)
+        return usage_error("give --ed25519 or --rsa BITS, not both");
+    char dom[256];
+    if (check_domain_selector(pos[0], pos[1], dom, sizeof(dom)) != 0)
+        return EXIT_FAIL;
+    const char *sel = pos[1];
+
+    char dbuf[PATH_MAX];
+    if (!dir) {
+        char cdir[PATH_MAX];
+        dir_of(c->config_path, cdir, sizeof(cdir));
+        if ((size_t)snprintf(dbuf, sizeof(dbuf), "%s/dkim", cdir) >= sizeof(dbuf))
+            return usage_error("configuration path too long");
+        dir = dbuf;
+    }
+    long gid = -1;
+    if (geteuid() == 0) {
+        const struct group *g = getgrnam(DKIM_GROUP);
+        gid = g ? (long)g->gr_gid : -1;
+    }
+    if (make_key_dir(dir, gid) != 0)
+        return EXIT_FAIL;
+    char *absdir = realpath(dir, NULL);
+    if (!absdir) {
+        fprintf(stderr, "submitctl: %s: %s\n", dir, strerror(errno));
+        return EXIT_FAIL;
+    }
+    struct strbuf path;
+    sb_init(&path);
+    sb_printf(&path, "%s%s%s.%s.key", absdir, strcmp(absdir, "/") == 0 ? "" : "/", dom, sel);
+    free(absdir);
+
+    EVP_PKEY *pk = ed25519 ? EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")
+                           : EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)(bits ? bits : 2048));
+    int rc = EXIT_FAIL;
+    if (!pk) {
+        fprintf(stderr, "submitctl: key generation failed\n");
+    } else if (write_key_file(path.s, pk, gid) == 0) {
+        if (ed25519)
+            printf("wrote %s (Ed25519", path.s);
+        else
+            printf("wrote %s (RSA %ld bits", path.s, bits ? bits : 2048);
+        if (gid >= 0)
+            printf(", mode 0640, group " DKIM_GROUP ": submitd can re-read it on reload after dropping root)\n");
+        else
+            printf(", mode 0600)\n");
+        printf("\n; publish this DNS record (the value may be split into several quoted strings)\n");
+        if (print_dkim_record(sel, dom, pk) == 0) {
+            printf("\n# then add to the configuration (or just the key line to an existing dkim %s block)\n"
+                   "# and reload once the record is visible in DNS:\n"
+                   "dkim %s {\n    key %s %s\n}\n",
+                   dom, dom, sel, path.s);
+            if (ed25519)
+                printf("# note: Ed25519 signatures are not checked by every receiver yet; sign with an RSA key "
+                       "too (a second key line)\n");
+            rc = 0;
+        }
+    }
+    EVP_PKEY_free(pk);
+    ERR_clear_error();
+    sb_free(&path);
+    return rc;
+}
+
+static int cmd_dkim(const struct ctl *c, int argc, char **argv)
+{
+    if (argc < 1)
+        return usage_error("dkim: give keygen");
+    if (strcmp(argv[0], "keygen") != 0)
+        return usage_error("unknown dkim command %s", argv[0]);
+    return cmd_dkim_keygen(c, argc - 1, argv + 1);
+}
+
+static int cmd_dns(const struct ctl *c, int argc, char **argv)
+{
+    if (argc != 1)
+        return usage_error("usage: dns DOMAIN");
+    char dom[256];
+    if (check_domain_selector(argv[0], NULL, dom, sizeof(dom)) != 0)
+        return EXIT_FAIL;
+    struct config *cfg = load_config(c, "fix them first (the DKIM keys are read from it)");
+    if (!cfg)
+        return EXIT_FAIL;
+    const char *host = cfg->hostname;
+    printf("; DNS records for %s to send mail through %s (submitd, %s)\n", dom, host, c->config_path);
+    printf("\n; SPF: the hosts that may send mail for %s. a:%s covers the addresses %s resolves to;\n"
+           "; if this server sends from other addresses (NAT, several IPs), add ip4:/ip6: terms for them, and\n"
+           "; include: the SPF record of any other service that sends mail for %s, before ~all.\n",
+           dom, host, host, dom);
+    if (!strchr(host, '.'))
+        printf("; warning: the hostname \"%s\" is not a public DNS name: set `hostname` in %s\n", host,
+               c->config_path);
+    printf("%s. IN TXT \"v=spf1 a:%s ~all\"\n", dom, host);
+
+    int rc = 0;
+    const struct dkim_cfg *d = config_dkim(cfg, dom);
+    if (!d) {
+        printf("\n; DKIM: no dkim block in %s covers %s, so its mail is not signed. Make a key with\n"
+               ";   submitctl%s%s dkim keygen %s SELECTOR\n"
+               "; which prints the record to publish and the configuration lines to add.\n",
+               c->config_path, dom, c->config_given ? " -c " : "", c->config_given ? c->config_path : "", dom);
+    } else {
+        printf("\n; DKIM: the dkim block for %s (line %d of %s)", d->domain, d->line, c->config_path);
+        if (strcmp(d->domain, dom) != 0)
+            printf(" signs mail from %s with d=%s: the records go under %s", dom, d->domain, d->domain);
+        printf("\n");
+        time_t now = time(NULL);
+        const struct dkim_key_cfg *active[2];
+        config_dkim_active(d, (int64_t)now, active);
+        for (size_t i = 0; i < d->nkeys; i++) {
+            const struct dkim_key_cfg *k = &d->keys[i];
+            const char *alg = k->alg == DKIM_ALG_ED25519_SHA256 ? "ed25519-sha256" : "rsa-sha256";
+            char day[32] = "";
+            struct tm tm;
+            time_t nb = (time_t)k->not_before;
+            if (gmtime_r(&nb, &tm))
+                strftime(day, sizeof(day), "%Y-%m-%d", &tm);
+            if (k == active[0] || k == active[1])
+                printf("; selector %s (%s): signs now\n", k->selector, alg);
+            else if (k->not_before > (int64_t)now)
+                printf("; selector %s (%s): NOT ACTIVE YET, signs from %s (UTC); publish it now so that it is "
+                       "in DNS by then\n", k->selector, alg, day);
+            else
+                printf("; selector %s (%s): replaced by a newer %s key; keep this record for a few days after "
+                       "the switch, then remove it and its key line\n", k->selector, alg, alg);
+            if (print_dkim_record(k->selector, d->domain, k->pkey) != 0)
+                rc = EXIT_FAIL;
+        }
+    }
+    printf("\n; DMARC: what receivers do with mail from %s that passes neither aligned SPF nor DKIM\n"
+           "; (start with p=none to only collect the aggregate reports sent to rua, then tighten).\n",
+           dom);
+    printf("_dmarc.%s. IN TXT \"v=DMARC1; p=quarantine; adkim=r; aspf=r; rua=mailto:postmaster@%s\"\n", dom, dom);
     config_unref(cfg);
     return rc;
 }
@@ -1136,6 +1510,10 @@ int main(int argc, char **argv)
         return cmd_hash(argc - i, argv + i);
     if (strcmp(cmd, "reload") == 0)
         return cmd_reload(&c, argc - i);
+    if (strcmp(cmd, "dkim") == 0)
+        return cmd_dkim(&c, argc - i, argv + i);
+    if (strcmp(cmd, "dns") == 0)
+        return cmd_dns(&c, argc - i, argv + i);
     if (strcmp(cmd, "help") == 0) {
         usage(stdout);
         return 0;

@@ -3,9 +3,11 @@
  * bounds, default); one generic parser reads `key value...` lines and
  * `name [ARG] {` ... `}` blocks, reports every problem as `file:line:
  * message`, checks the files the config names (certificates, keys, the
- * accounts file: present, readable, secrets not open to others) and the
- * cross-references (routes -> transports, listeners -> certificates).
- * A loaded config is immutable and reference counted. */
+ * accounts file, DKIM keys: present, readable, secrets not open to
+ * others; DKIM private keys are also loaded and their type and size
+ * checked) and the cross-references (routes -> transports, listeners ->
+ * certificates). Owns the DKIM look-ups (block by From: domain, active key
+ * by date). A loaded config is immutable and reference counted. */
 #include "core/config.h"
 
 #include <arpa/inet.h>
@@ -18,6 +20,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
 #include "core/log.h"
 #include "queue/transport.h"
 
@@ -25,6 +32,10 @@
 #define MAX_WORDS 16  /* per line */
 #define MAX_KEYS 24   /* per block table */
 #define NAME_MAX_LEN 64
+#define DKIM_KEY_MAX (64 * 1024)   /* bytes of a PEM private key file */
+#define DKIM_RSA_MIN_BITS 2048     /* RFC 8301 */
+#define DKIM_RSA_MAX_BITS 8192
+#define FIELD_NAME_MAX 128         /* a header field name in `headers` */
 
 #define KIB 1024ull
 #define MIB (1024ull * 1024)
@@ -76,6 +87,7 @@ struct keydef {
     const char *form;  /* V_STR: what is expected; V_PATH: what the file is; V_FN: the arguments */
     key_fn fn;         /* V_FN */
     unsigned nargs;    /* V_FN: number of words after the key */
+    unsigned nargs_max; /* V_FN: when set, nargs..nargs_max words (av[] ends with NULL) */
     size_t off2;       /* V_FN: the count field of an array, when there is one */
 };
 
@@ -89,6 +101,9 @@ static void key_cert(struct parser *p, void *base, const struct keydef *k, char 
 static void key_address(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 static void key_cidr(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 static void key_route(struct parser *p, void *base, const struct keydef *k, char **av, int line);
+static void key_dkim_key(struct parser *p, void *base, const struct keydef *k, char **av, int line);
+static void key_dkim_canon(struct parser *p, void *base, const struct keydef *k, char **av, int line);
+static void key_dkim_names(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 
 static const struct enum_val log_enum[] = {{"stderr", 0}, {"syslog", 1}, {NULL, 0}};
 static const struct enum_val level_enum[] = {
@@ -205,28 +220,53 @@ static const struct keydef transport_keys[] = {
     {.name = "path", .type = V_PATH, FIELD(struct transport_cfg, path), .form = "transport path"},
 };
 
-enum bkind { B_TOP, B_TLS, B_LIMITS, B_QUEUE, B_LISTENER, B_TRANSPORT };
+/* dkim DOMAIN { }: canonicalization defaults to relaxed/relaxed and the
+ * header lists to dkim_default_headers / From (set when a block opens or
+ * closes, as they are not single values). */
+static const struct keydef dkim_keys[] = {
+    {.name = "key", .type = V_FN, ARRAY(struct dkim_cfg, keys, nkeys), .fn = key_dkim_key, .nargs = 2,
+     .nargs_max = 4, .flags = K_MULTI, .form = "SELECTOR FILE [not-before YYYY-MM-DD]"},
+    {.name = "canonicalization", .type = V_FN, .fn = key_dkim_canon, .nargs = 1,
+     .form = "HEADER/BODY, each relaxed or simple (such as relaxed/relaxed)"},
+    {.name = "headers", .type = V_FN, ARRAY(struct dkim_cfg, headers, nheaders), .fn = key_dkim_names, .nargs = 1,
+     .nargs_max = MAX_WORDS - 1, .flags = K_MULTI, .form = "NAME..."},
+    {.name = "oversign", .type = V_FN, ARRAY(struct dkim_cfg, oversign, noversign), .fn = key_dkim_names,
+     .nargs = 1, .nargs_max = MAX_WORDS - 1, .flags = K_MULTI, .form = "NAME... (or none)"},
+    {.name = "subdomains", .type = V_BOOL, FIELD(struct dkim_cfg, subdomains), .def = "yes"},
+    {.name = "required", .type = V_BOOL, FIELD(struct dkim_cfg, required), .def = "no"},
+};
+
+const char *const dkim_default_headers[] = {
+    "from", "to", "cc", "subject", "date", "message-id", "reply-to", "mime-version", "content-type",
+    "content-transfer-encoding", "in-reply-to", "references", "list-id", "list-unsubscribe",
+    "list-unsubscribe-post", "list-help", "list-post", "list-subscribe", "list-owner", "list-archive",
+};
+const size_t dkim_default_headers_count = ARRAY_LEN(dkim_default_headers);
+
+enum bkind { B_TOP, B_TLS, B_LIMITS, B_QUEUE, B_LISTENER, B_TRANSPORT, B_DKIM };
 
 struct blockdef {
     const char *name;
     enum bkind kind;
-    int named; /* `name ARG {` */
+    const char *arg; /* `name ARG {`: what ARG is (NULL: the block takes none) */
     const struct keydef *keys;
     size_t nkeys;
 };
 
-static const struct blockdef top_block = {"top level", B_TOP, 0, top_keys, ARRAY_LEN(top_keys)};
+static const struct blockdef top_block = {"top level", B_TOP, NULL, top_keys, ARRAY_LEN(top_keys)};
 static const struct blockdef blocks[] = {
-    {"tls", B_TLS, 0, tls_keys, ARRAY_LEN(tls_keys)},
-    {"limits", B_LIMITS, 0, limits_keys, ARRAY_LEN(limits_keys)},
-    {"queue", B_QUEUE, 0, queue_keys, ARRAY_LEN(queue_keys)},
-    {"listener", B_LISTENER, 1, listener_keys, ARRAY_LEN(listener_keys)},
-    {"transport", B_TRANSPORT, 1, transport_keys, ARRAY_LEN(transport_keys)},
+    {"tls", B_TLS, NULL, tls_keys, ARRAY_LEN(tls_keys)},
+    {"limits", B_LIMITS, NULL, limits_keys, ARRAY_LEN(limits_keys)},
+    {"queue", B_QUEUE, NULL, queue_keys, ARRAY_LEN(queue_keys)},
+    {"listener", B_LISTENER, "NAME", listener_keys, ARRAY_LEN(listener_keys)},
+    {"transport", B_TRANSPORT, "NAME", transport_keys, ARRAY_LEN(transport_keys)},
+    {"dkim", B_DKIM, "DOMAIN", dkim_keys, ARRAY_LEN(dkim_keys)},
 };
 
 _Static_assert(ARRAY_LEN(top_keys) <= MAX_KEYS && ARRAY_LEN(tls_keys) <= MAX_KEYS &&
                    ARRAY_LEN(limits_keys) <= MAX_KEYS && ARRAY_LEN(queue_keys) <= MAX_KEYS &&
-                   ARRAY_LEN(listener_keys) <= MAX_KEYS && ARRAY_LEN(transport_keys) <= MAX_KEYS,
+                   ARRAY_LEN(listener_keys) <= MAX_KEYS && ARRAY_LEN(transport_keys) <= MAX_KEYS &&
+                   ARRAY_LEN(dkim_keys) <= MAX_KEYS,
                "a key table is longer than parser.seen[]");
 
 /* ---- parser state ------------------------------------------------------------ */
@@ -244,7 +284,9 @@ struct parser {
     char blk_name[NAME_MAX_LEN + 1];
     int ignore;         /* the open block's contents are skipped */
     int nested;         /* depth of (refused) blocks opened inside it */
-    size_t idx;         /* listener/transport index */
+    size_t idx;         /* listener/transport/dkim index */
+    int names_line[2];  /* dkim: first `headers` / `oversign` line of the open block */
+    int oversign_none;  /* dkim: line of `oversign none` in the open block */
     int single_line[3]; /* tls, limits, queue: line of the block, 0 = not yet */
     int no_file_checks; /* config_load_paths: files need not exist yet */
 };
@@ -607,15 +649,93 @@ static int valid_domain(const char *s)
     return 1;
 }
 
+/* A DNS name as DKIM uses it (RFC 6376 3.5 domain-name and selector): dot-
+ * separated labels of 1-63 letters, digits and `-`, not starting or
+ * ending with `-`; at most 253 characters; no trailing dot. */
+static int valid_dns_name(const char *s)
+{
+    size_t n = strlen(s), label = 0;
+    if (n == 0 || n > 253)
+        return 0;
+    for (size_t i = 0; i <= n; i++) {
+        char ch = s[i];
+        if (ch == '.' || ch == '\0') {
+            if (label == 0 || label > 63 || s[i - 1] == '-')
+                return 0;
+            label = 0;
+            continue;
+        }
+        if (label == 0 && ch == '-')
+            return 0;
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-'))
+            return 0;
+        label++;
+    }
+    return 1;
+}
+
+/* A header field name (RFC 5322 ftext: printable ASCII but `:`), without
+ * `;` which would break the DKIM-Signature tag list. */
+static int valid_field_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > FIELD_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 33 || ch > 126 || ch == ':' || ch == ';')
+            return 0;
+    }
+    return 1;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (m 1-12). */
+static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    unsigned yoe = (unsigned)(y - era * 400);
+    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (int64_t)doe - 719468;
+}
+
+/* YYYY-MM-DD (UTC, 1970-01-01 to 9999-12-31) into unix time at 00:00. */
+static int parse_date(const char *s, int64_t *out)
+{
+    static const unsigned mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (strlen(s) != 10 || s[4] != '-' || s[7] != '-')
+        return -1;
+    unsigned v[3] = {0, 0, 0};
+    static const int start[] = {0, 5, 8}, len[] = {4, 2, 2};
+    for (int f = 0; f < 3; f++) {
+        for (int i = 0; i < len[f]; i++) {
+            char ch = s[start[f] + i];
+            if (ch < '0' || ch > '9')
+                return -1;
+            v[f] = v[f] * 10 + (unsigned)(ch - '0');
+        }
+    }
+    unsigned y = v[0], m = v[1], d = v[2];
+    if (y < 1970 || m < 1 || m > 12 || d < 1)
+        return -1;
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    if (d > mdays[m - 1] + (m == 2 && leap ? 1u : 0u))
+        return -1;
+    *out = days_from_civil(y, m, d) * (int64_t)DAY;
+    return 0;
+}
+
 /* ---- files ------------------------------------------------------------------------ */
 
 /* The file must exist, be a readable regular file and, when secret, not be
- * accessible by others nor writable by its group. */
-static void check_file(struct parser *p, int line, const char *what, const char *path, int secret)
+ * accessible by others nor writable by its group. 0 when it is (or when
+ * files are not checked), -1 after reporting. */
+static int check_file(struct parser *p, int line, const char *what, const char *path, int secret)
 {
     char eb[128];
     if (p->no_file_checks)
-        return;
+        return 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
         int e = errno;
@@ -623,7 +743,7 @@ static void check_file(struct parser *p, int line, const char *what, const char 
             perr(p, line, "%s %s does not exist", what, path);
         else
             perr(p, line, "cannot read %s %s: %s", what, path, strerror_r(e, eb, sizeof(eb)));
-        return;
+        return -1;
     }
     struct stat st;
     int r = fstat(fd, &st);
@@ -631,18 +751,87 @@ static void check_file(struct parser *p, int line, const char *what, const char 
     close(fd);
     if (r != 0) {
         perr(p, line, "cannot stat %s %s: %s", what, path, strerror_r(e, eb, sizeof(eb)));
-        return;
+        return -1;
     }
     if (!S_ISREG(st.st_mode)) {
         perr(p, line, "%s %s is not a regular file", what, path);
-        return;
+        return -1;
     }
     if (secret && (st.st_mode & 027)) {
         perr(p, line,
              "%s %s has mode %04o: it must not be accessible by others nor writable by its group; "
              "fix it with `chmod 600 %s` (or `chmod 640 %s` to let its group read it)",
              what, path, (unsigned)(st.st_mode & 07777), path, path);
+        return -1;
     }
+    return 0;
+}
+
+/* PEM_read_bio_PrivateKey must never prompt: an encrypted key fails. */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    *(int *)u = 1;
+    return -1;
+}
+
+/* Loads a DKIM private key (already checked by check_file) into k->pkey
+ * and sets k->alg; reports what is wrong with it otherwise. */
+static void load_dkim_key(struct parser *p, const struct dkim_cfg *d, struct dkim_key_cfg *k)
+{
+    char eb[128], fix[512];
+    snprintf(fix, sizeof(fix), "make a good one with `submitctl dkim keygen %s %s` (RSA 2048) or "
+                               "`submitctl dkim keygen %s %s --ed25519`",
+             d->domain, k->selector, d->domain, k->selector);
+    size_t len = 0;
+    char *pem = read_file_max(k->file, DKIM_KEY_MAX, &len);
+    if (!pem) {
+        int e = errno;
+        if (e == EFBIG)
+            perr(p, k->line, "dkim key %s is larger than %d KiB: not a private key; %s", k->file,
+                 DKIM_KEY_MAX / 1024, fix);
+        else
+            perr(p, k->line, "cannot read dkim key %s: %s", k->file, strerror_r(e, eb, sizeof(eb)));
+        return;
+    }
+    int asked = 0;
+    BIO *bio = BIO_new_mem_buf(pem, (int)len);
+    EVP_PKEY *pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, &asked) : NULL;
+    BIO_free(bio);
+    mem_wipe(pem, len);
+    free(pem);
+    ERR_clear_error(); /* nothing left behind for the TLS code to trip on */
+    if (!pk) {
+        if (asked)
+            perr(p, k->line,
+                 "dkim key %s is encrypted with a passphrase, which submitd cannot ask for: decrypt it with "
+                 "`openssl pkey -in %s -out NEWFILE` or %s",
+                 k->file, k->file, fix);
+        else
+            perr(p, k->line, "dkim key %s is not a PEM private key; %s", k->file, fix);
+        return;
+    }
+    int bits = EVP_PKEY_get_bits(pk);
+    if (EVP_PKEY_is_a(pk, "RSA") && bits >= DKIM_RSA_MIN_BITS && bits <= DKIM_RSA_MAX_BITS) {
+        k->alg = DKIM_ALG_RSA_SHA256;
+    } else if (EVP_PKEY_is_a(pk, "ED25519")) {
+        k->alg = DKIM_ALG_ED25519_SHA256;
+    } else if (EVP_PKEY_is_a(pk, "RSA") && bits < DKIM_RSA_MIN_BITS) {
+        perr(p, k->line, "dkim key %s is a %d-bit RSA key: DKIM needs at least %d bits (RFC 8301); %s", k->file,
+             bits, DKIM_RSA_MIN_BITS, fix);
+    } else if (EVP_PKEY_is_a(pk, "RSA")) {
+        perr(p, k->line, "dkim key %s is a %d-bit RSA key: at most %d bits are accepted (signing would be slow; "
+                         "2048 is enough); %s",
+             k->file, bits, DKIM_RSA_MAX_BITS, fix);
+    } else {
+        const char *type = EVP_PKEY_get0_type_name(pk);
+        perr(p, k->line, "dkim key %s is a%s %s key: DKIM signs with RSA (%d bits or more) or Ed25519 keys only; %s",
+             k->file, type && type[0] && strchr("AEFHILMNORSX", type[0]) ? "n" : "", type ? type : "unknown", DKIM_RSA_MIN_BITS,
+             fix);
+    }
+    if (k->alg)
+        k->pkey = pk;
+    else
+        EVP_PKEY_free(pk);
 }
 
 /* ---- repeatable keys -------------------------------------------------------------- */
@@ -713,6 +902,118 @@ static void key_route(struct parser *p, void *base, const struct keydef *k, char
     c->routes[c->nroutes++] = (struct route_cfg){xstrdup(pat), xstrdup(av[1]), line};
 }
 
+/* key SELECTOR FILE [not-before YYYY-MM-DD] */
+static void key_dkim_key(struct parser *p, void *base, const struct keydef *k, char **av, int line)
+{
+    struct dkim_cfg *d = base;
+    const char *sel = av[0];
+    if (!valid_dns_name(sel)) {
+        perr(p, line, "bad selector `%s`: expected letters, digits and `-` in dot-separated labels (such as 2025a)",
+             sel);
+        return;
+    }
+    if (strlen(sel) + strlen("._domainkey.") + strlen(d->domain) > 253) {
+        perr(p, line, "selector `%s` is too long: %s._domainkey.%s would be longer than 253 characters", sel, sel,
+             d->domain);
+        return;
+    }
+    int64_t nb = 0;
+    if (av[2] && (strcmp(av[2], "not-before") != 0 || !av[3])) {
+        perr(p, line, "expected `not-before YYYY-MM-DD` after the file name, not `%s%s%s`", av[2], av[3] ? " " : "",
+             av[3] ? av[3] : "");
+        return;
+    }
+    if (av[2] && parse_date(av[3], &nb) != 0) {
+        perr(p, line, "bad date `%s` for not-before: expected YYYY-MM-DD, a date in UTC from 1970-01-01 on", av[3]);
+        return;
+    }
+    if (!*av[1]) {
+        perr(p, line, "`key` needs the file name of the private key: key SELECTOR FILE");
+        return;
+    }
+    for (size_t i = 0; i < d->nkeys; i++) {
+        if (str_ieq(d->keys[i].selector, sel)) {
+            perr(p, line, "duplicate selector `%s` in the dkim block for %s (the first is at line %d)", sel,
+                 d->domain, d->keys[i].line);
+            return;
+        }
+    }
+    struct dkim_key_cfg kc = {xstrdup(sel), abs_path(p->basedir, av[1]), nb, 0, NULL, line};
+    if (!p->no_file_checks && check_file(p, line, "dkim key", kc.file, 1) == 0)
+        load_dkim_key(p, d, &kc);
+    d->keys = xrealloc(d->keys, (d->nkeys + 1) * sizeof(*d->keys));
+    d->keys[d->nkeys++] = kc;
+}
+
+/* canonicalization HEADER/BODY */
+static void key_dkim_canon(struct parser *p, void *base, const struct keydef *k, char **av, int line)
+{
+    struct dkim_cfg *d = base;
+    const char *slash = strchr(av[0], '/');
+    int v[2] = {-1, -1};
+    for (int half = 0; slash && half < 2; half++) {
+        const char *s = half ? slash + 1 : av[0];
+        size_t n = half ? strlen(s) : (size_t)(slash - av[0]);
+        if (n == strlen("relaxed") && strncmp(s, "relaxed", n) == 0)
+            v[half] = DKIM_CANON_RELAXED;
+        else if (n == strlen("simple") && strncmp(s, "simple", n) == 0)
+            v[half] = DKIM_CANON_SIMPLE;
+    }
+    if (v[0] < 0 || v[1] < 0) {
+        perr(p, line, "bad value `%s` for `canonicalization`: expected %s", av[0], k->form);
+        return;
+    }
+    d->canon_header = (enum dkim_canon)v[0];
+    d->canon_body = (enum dkim_canon)v[1];
+}
+
+static int name_listed(char *const *v, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+/* headers NAME... / oversign NAME... (or `oversign none`): repeatable, each
+ * line adds to the list; names are lower-cased. */
+static void key_dkim_names(struct parser *p, void *base, const struct keydef *k, char **av, int line)
+{
+    char ***v = field(base, k->off);
+    size_t *n = field(base, k->off2);
+    int over = strcmp(k->name, "oversign") == 0;
+    int first = p->names_line[over];
+    if (!first)
+        p->names_line[over] = line;
+    if (over && strcmp(av[0], "none") == 0 && !av[1] && !first) {
+        p->oversign_none = line;
+        return;
+    }
+    int has_none = 0;
+    for (size_t i = 0; av[i]; i++)
+        has_none |= strcmp(av[i], "none") == 0;
+    if (over && (p->oversign_none || has_none)) {
+        perr(p, line, "`oversign none` must be alone: the only oversign line, without names");
+        return;
+    }
+    for (size_t i = 0; av[i]; i++) {
+        char *name = xstrdup(av[i]);
+        str_lower(name);
+        if (!valid_field_name(name)) {
+            perr(p, line, "bad header field name `%s` in `%s`: expected printable characters but `:` and `;`", av[i],
+                 k->name);
+            free(name);
+        } else if (name_listed(*v, *n, name)) {
+            perr(p, line, "header field `%s` is listed twice in `%s`%s", name, k->name,
+                 over ? "" : " (to sign one more than present, use `oversign`)");
+            free(name);
+        } else {
+            *v = xrealloc(*v, (*n + 1) * sizeof(**v));
+            (*v)[(*n)++] = name;
+        }
+    }
+}
+
 /* ---- blocks ----------------------------------------------------------------------- */
 
 static void *block_base(struct parser *p)
@@ -731,6 +1032,8 @@ static void *block_base(struct parser *p)
         return &c->listeners[p->idx];
     case B_TRANSPORT:
         return &c->transports[p->idx];
+    case B_DKIM:
+        return &c->dkim[p->idx];
     case B_TOP:
         break;
     }
@@ -777,32 +1080,50 @@ static void open_block(struct parser *p, char **w, size_t n, int line)
     }
     const struct blockdef *b = find_block(w[0]);
     if (!b) {
-        if (find_key(&top_block, w[0], NULL))
+        if (find_key(&top_block, w[0], NULL)) {
             perr(p, line, "`%s` is a key, not a block", w[0]);
-        else
-            perr(p, line, "unknown block `%s` (blocks: tls, limits, queue, listener NAME, transport NAME)", w[0]);
+        } else {
+            struct strbuf m;
+            sb_init(&m);
+            for (size_t i = 0; i < ARRAY_LEN(blocks); i++)
+                sb_printf(&m, "%s%s%s%s", i ? ", " : "", blocks[i].name, blocks[i].arg ? " " : "",
+                          blocks[i].arg ? blocks[i].arg : "");
+            perr(p, line, "unknown block `%s` (blocks: %s)", w[0], m.s);
+            sb_free(&m);
+        }
         open_ignored(p, w[0], line);
         return;
     }
     size_t nargs = n - 2;
-    if (b->named && nargs != 1) {
-        perr(p, line, "a `%s` block needs one name: `%s NAME {`", b->name, b->name);
+    if (b->arg && nargs != 1) {
+        if (b->kind == B_DKIM)
+            perr(p, line, "a `dkim` block needs one domain: `dkim DOMAIN {`");
+        else
+            perr(p, line, "a `%s` block needs one name: `%s %s {`", b->name, b->name, b->arg);
         open_ignored(p, b->name, line);
         return;
     }
-    if (!b->named && nargs != 0) {
+    if (!b->arg && nargs != 0) {
         perr(p, line, "the `%s` block takes no name: `%s {`", b->name, b->name);
         open_ignored(p, b->name, line);
         return;
     }
-    if (b->named && !valid_token(w[1], NAME_MAX_LEN)) {
+    if (b->kind == B_DKIM && !valid_dns_name(w[1])) {
+        perr(p, line,
+             "bad dkim domain `%s`: expected a domain name such as example.com (letters, digits and `-` in "
+             "dot-separated labels, no trailing dot)",
+             w[1]);
+        open_ignored(p, b->name, line);
+        return;
+    }
+    if (b->arg && b->kind != B_DKIM && !valid_token(w[1], NAME_MAX_LEN)) {
         perr(p, line, "bad %s name `%s`: use letters, digits, `.`, `_` and `-` (at most %d characters)", b->name,
              w[1], NAME_MAX_LEN);
         open_ignored(p, b->name, line);
         return;
     }
     struct config *c = p->c;
-    if (!b->named) {
+    if (!b->arg) {
         int *first = &p->single_line[b->kind - B_TLS];
         if (*first) {
             perr(p, line, "duplicate `%s` block (the first is at line %d)", b->name, *first);
@@ -821,6 +1142,23 @@ static void open_block(struct parser *p, char **w, size_t n, int line)
         l->line = line;
         apply_defaults(l, listener_keys, ARRAY_LEN(listener_keys));
         p->idx = c->nlisteners++;
+    } else if (b->kind == B_DKIM) {
+        char *dom = xstrdup(w[1]);
+        str_lower(dom);
+        for (size_t i = 0; i < c->ndkim; i++)
+            if (strcmp(c->dkim[i].domain, dom) == 0)
+                perr(p, line, "duplicate dkim block for %s (the first is at line %d)", dom, c->dkim[i].line);
+        c->dkim = xrealloc(c->dkim, (c->ndkim + 1) * sizeof(*c->dkim));
+        struct dkim_cfg *d = &c->dkim[c->ndkim];
+        memset(d, 0, sizeof(*d));
+        d->domain = dom;
+        d->line = line;
+        d->canon_header = DKIM_CANON_RELAXED;
+        d->canon_body = DKIM_CANON_RELAXED;
+        apply_defaults(d, dkim_keys, ARRAY_LEN(dkim_keys));
+        p->idx = c->ndkim++;
+        memset(p->names_line, 0, sizeof(p->names_line));
+        p->oversign_none = 0;
     } else {
         for (size_t i = 0; i < c->ntransports; i++)
             if (strcmp(c->transports[i].name, w[1]) == 0)
@@ -889,6 +1227,40 @@ static void check_listener(struct parser *p, struct listener_cfg *l, int port_se
     }
 }
 
+static char **str_array(const char *const *v, size_t n)
+{
+    char **out = xcalloc(n ? n : 1, sizeof(*out));
+    for (size_t i = 0; i < n; i++)
+        out[i] = xstrdup(v[i]);
+    return out;
+}
+
+/* A closed dkim block: a key, the default lists, From signed, the
+ * oversigned fields among the signed ones. */
+static void check_dkim(struct parser *p, struct dkim_cfg *d, int have_key)
+{
+    if (!have_key)
+        perr(p, d->line,
+             "the dkim block for %s has no key: add `key SELECTOR FILE` (make one with `submitctl dkim keygen %s "
+             "SELECTOR`)",
+             d->domain, d->domain);
+    if (!p->names_line[0]) {
+        d->headers = str_array(dkim_default_headers, dkim_default_headers_count);
+        d->nheaders = dkim_default_headers_count;
+    } else if (!name_listed(d->headers, d->nheaders, "from")) {
+        perr(p, p->names_line[0], "`headers` must include from: RFC 6376 (5.4) requires the From field to be signed");
+    }
+    if (!p->names_line[1]) {
+        static const char *const from[] = {"from"};
+        d->oversign = str_array(from, 1);
+        d->noversign = 1;
+    }
+    for (size_t i = 0; p->names_line[1] && i < d->noversign; i++) /* the default, From: checked above */
+        if (!name_listed(d->headers, d->nheaders, d->oversign[i]))
+            perr(p, p->names_line[1], "oversign %s: not among the signed header fields (add it to `headers`)",
+                 d->oversign[i]);
+}
+
 /* Required keys and cross-checks of a block that was closed. */
 static void finish_block(struct parser *p)
 {
@@ -922,6 +1294,10 @@ static void finish_block(struct parser *p)
         find_key(b, "port", &i1);
         check_listener(p, base, p->seen[i1] != 0);
         break;
+    case B_DKIM:
+        find_key(b, "key", &i1);
+        check_dkim(p, base, p->seen[i1] != 0);
+        break;
     case B_TOP:
     case B_TLS:
     case B_TRANSPORT:
@@ -942,7 +1318,7 @@ static void close_block(struct parser *p)
 /* ---- lines ------------------------------------------------------------------------ */
 
 struct words {
-    char *w[MAX_WORDS];
+    char *w[MAX_WORDS + 1]; /* + a NULL after the last word for V_FN keys */
     int quoted[MAX_WORDS];
     size_t n;
 };
@@ -1068,7 +1444,8 @@ static void unknown_key(struct parser *p, const struct blockdef *b, const char *
     else if (home)
         sb_printf(&m, " (it belongs in the %s block)", home);
     else if (b->kind == B_TOP && find_block(key))
-        sb_printf(&m, " (`%s` is a block: `%s%s {` ... `}`)", key, key, find_block(key)->named ? " NAME" : "");
+        sb_printf(&m, " (`%s` is a block: `%s%s%s {` ... `}`)", key, key, find_block(key)->arg ? " " : "",
+                  find_block(key)->arg ? find_block(key)->arg : "");
     perr(p, line, "%s", m.s);
     sb_free(&m);
 }
@@ -1093,11 +1470,18 @@ static void do_key(struct parser *p, struct words *w, int line)
     }
     seen[ki] = line;
     size_t want = k->type == V_FN ? k->nargs : 1;
-    if (w->n - 1 != want) {
+    size_t want_max = k->type == V_FN && k->nargs_max ? k->nargs_max : want;
+    if (w->n - 1 < want || w->n - 1 > want_max) {
         struct strbuf d;
         sb_init(&d);
         describe(&d, k);
-        if (want == 1)
+        if (want_max == MAX_WORDS - 1)
+            perr(p, line, "`%s` takes at least %zu value%s (%s %s)", k->name, want, want == 1 ? "" : "s", k->name,
+                 d.s);
+        else if (want != want_max)
+            perr(p, line, "`%s` takes %zu to %zu values (%s %s), not %zu", k->name, want, want_max, k->name, d.s,
+                 w->n - 1);
+        else if (want == 1)
             perr(p, line, "`%s` takes one value, %s, not %zu", k->name, d.s, w->n - 1);
         else
             perr(p, line, "`%s` takes %zu values (%s %s), not %zu", k->name, want, k->name, d.s, w->n - 1);
@@ -1105,6 +1489,7 @@ static void do_key(struct parser *p, struct words *w, int line)
         return;
     }
     if (k->type == V_FN) {
+        w->w[w->n] = NULL;
         k->fn(p, base, k, &w->w[1], line);
         return;
     }
@@ -1265,6 +1650,23 @@ static void config_free(struct config *c)
         free(c->routes[i].transport);
     }
     free(c->routes);
+    for (size_t i = 0; i < c->ndkim; i++) {
+        struct dkim_cfg *d = &c->dkim[i];
+        free(d->domain);
+        for (size_t k = 0; k < d->nkeys; k++) {
+            free(d->keys[k].selector);
+            free(d->keys[k].file);
+            EVP_PKEY_free(d->keys[k].pkey);
+        }
+        free(d->keys);
+        for (size_t k = 0; k < d->nheaders; k++)
+            free(d->headers[k]);
+        free(d->headers);
+        for (size_t k = 0; k < d->noversign; k++)
+            free(d->oversign[k]);
+        free(d->oversign);
+    }
+    free(c->dkim);
     free(c);
 }
 
@@ -1325,7 +1727,7 @@ static char *dir_of(const char *path)
     char cwd[PATH_MAX];
     if (!getcwd(cwd, sizeof(cwd)))
         return dir;
-    char *abs = abs_path(cwd, dir);
+    char *abs = strcmp(dir, ".") == 0 ? xstrdup(cwd) : abs_path(cwd, dir);
     free(dir);
     return abs;
 }
@@ -1423,4 +1825,32 @@ const struct listener_cfg *config_listener(const struct config *c, const char *n
         if (strcmp(c->listeners[i].name, name) == 0)
             return &c->listeners[i];
     return NULL;
+}
+
+const struct dkim_cfg *config_dkim(const struct config *c, const char *domain)
+{
+    if (!c || !domain)
+        return NULL;
+    for (const char *s = domain; s && *s;) {
+        for (size_t i = 0; i < c->ndkim; i++)
+            if (str_ieq(c->dkim[i].domain, s) && (s == domain || c->dkim[i].subdomains))
+                return &c->dkim[i];
+        s = strchr(s, '.');
+        if (s)
+            s++;
+    }
+    return NULL;
+}
+
+void config_dkim_active(const struct dkim_cfg *d, int64_t now, const struct dkim_key_cfg *out[2])
+{
+    out[0] = out[1] = NULL;
+    for (size_t i = 0; d && i < d->nkeys; i++) {
+        const struct dkim_key_cfg *k = &d->keys[i];
+        int slot = k->alg == DKIM_ALG_RSA_SHA256 ? 0 : k->alg == DKIM_ALG_ED25519_SHA256 ? 1 : -1;
+        if (slot < 0 || k->not_before > now)
+            continue;
+        if (!out[slot] || k->not_before >= out[slot]->not_before)
+            out[slot] = k;
+    }
 }

@@ -91,6 +91,50 @@ struct route_cfg {
     int line;
 };
 
+/* DKIM signing for one domain (block `dkim DOMAIN { ... }`).
+ *   key SELECTOR FILE [not-before YYYY-MM-DD]   (repeatable; the algorithm
+ *        comes from the key: RSA >= 2048 bits -> rsa-sha256, Ed25519 ->
+ *        ed25519-sha256)
+ *   canonicalization HEADER/BODY   relaxed|simple, default relaxed/relaxed
+ *   headers NAME...                signed header fields (replaces the default)
+ *   oversign NAME...               fields signed once more than present
+ *                                  (default From)
+ *   subdomains yes|no              also sign mail From: subdomains, with
+ *                                  d= this domain (default yes)
+ *   required yes|no                a signing failure defers the message
+ *                                  (451 4.7.5) instead of sending unsigned
+ *                                  (default no) */
+enum dkim_alg { DKIM_ALG_RSA_SHA256 = 1, DKIM_ALG_ED25519_SHA256 = 2 };
+enum dkim_canon { DKIM_CANON_SIMPLE = 0, DKIM_CANON_RELAXED = 1 };
+
+struct dkim_key_cfg {
+    char *selector;
+    char *file;
+    int64_t not_before; /* unix time from which this key signs; 0 = always */
+    enum dkim_alg alg;  /* from the key's type */
+    void *pkey;         /* EVP_PKEY *, loaded and checked by config_load
+                           (NULL after config_load_paths) */
+    int line;
+};
+
+struct dkim_cfg {
+    char *domain; /* lower-case */
+    int line;
+    struct dkim_key_cfg *keys;
+    size_t nkeys;
+    enum dkim_canon canon_header, canon_body;
+    char **headers; /* lower-case field names */
+    size_t nheaders;
+    char **oversign;
+    size_t noversign;
+    int subdomains;
+    int required;
+};
+
+/* The default list of signed header fields. */
+extern const char *const dkim_default_headers[];
+extern const size_t dkim_default_headers_count;
+
 struct queue_cfg {
     unsigned retry_initial; /* s, default 300 */
     unsigned retry_max;     /* s, default 14400 */
@@ -131,6 +175,8 @@ struct config {
     size_t ntransports;
     struct route_cfg *routes;
     size_t nroutes;
+    struct dkim_cfg *dkim;
+    size_t ndkim;
 };
 
 /* Parses and checks the file. On any error returns NULL and fills errs
@@ -155,5 +201,13 @@ void config_unref(struct config *c);
  * (NULL when no route matches). */
 const struct transport_cfg *config_route(const struct config *c, const char *domain);
 const struct listener_cfg *config_listener(const struct config *c, const char *name);
+/* The DKIM block for a From: domain: the exact domain, else the nearest
+ * parent whose block has `subdomains yes`. NULL when none. */
+const struct dkim_cfg *config_dkim(const struct config *c, const char *domain);
+/* The key of each algorithm that signs at time `now`: for each algorithm,
+ * among the keys whose not_before <= now, the one with the latest
+ * not_before (the last listed wins a tie). out[0] RSA, out[1] Ed25519;
+ * NULL where none. */
+void config_dkim_active(const struct dkim_cfg *d, int64_t now, const struct dkim_key_cfg *out[2]);
 
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "dkim/dkim.h"
 #include "smtp/dataparse.h"
 #include "smtp/msgstream.h"
 
@@ -109,5 +110,5 @@ static const struct msg_hook header_hook = {
     .free = hdr_free,
 };
 
-const struct msg_hook *const msg_hooks[] = {&header_hook};
+const struct msg_hook *const msg_hooks[] = {&header_hook, &dkim_hook};
 const size_t msg_hooks_count = sizeof(msg_hooks) / sizeof(msg_hooks[0]);

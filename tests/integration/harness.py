@@ -136,7 +136,7 @@ class Daemon:
 
     def __init__(self, root, certs, accounts_src, *, user="root", limits=None,
                  tls=None, top=None, listeners=None, transport_path=None,
-                 queue=None, cert_pairs=None, listener_extra=()):
+                 queue=None, cert_pairs=None, listener_extra=(), extra=""):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.certs = certs
@@ -170,6 +170,7 @@ class Daemon:
             self.port = next((l["port"] for l in listeners if l["mode"] == "starttls"), None)
             self.tls_port = next((l["port"] for l in listeners if l["mode"] == "implicit-tls"), None)
         self.listeners = listeners
+        self.extra = extra  # raw config text appended (e.g. dkim blocks)
         self.proc = None
         self.logf = None
         self.start_mark = 0
@@ -217,6 +218,8 @@ class Daemon:
             out.append("}")
         out += ["transport local {", "    type maildir", f"    path {self.transport_path}", "}",
                 "route * local", ""]
+        if self.extra:
+            out += [self.extra, ""]
         return "\n".join(out)
 
     def write_config(self, text=None):

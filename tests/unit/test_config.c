@@ -1,8 +1,10 @@
 /* Unit tests for core/config and core/cidr: a full config with every key
  * set, every default, each kind of error at its exact line, several errors
  * at once, file permission checks, routes and their precedence, sizes and
- * durations with their bounds, quoting and comments, relative paths, and
- * CIDR parsing/matching (IPv4, IPv6, IPv4-mapped, edge prefixes). */
+ * durations with their bounds, quoting and comments, relative paths,
+ * DKIM blocks (keys made here with OpenSSL: loading, type and size checks,
+ * every error at its line, look-ups by domain and by date) and CIDR
+ * parsing/matching (IPv4, IPv6, IPv4-mapped, edge prefixes). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +21,10 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 
 #include "core/cidr.h"
 #include "core/config.h"
@@ -1154,6 +1160,486 @@ static void test_example_file(void **state)
     errlist_free(&e);
 }
 
+/* ---- dkim ------------------------------------------------------------------------- */
+
+/* Writes pk as a PKCS#8 PEM file (encrypted with `pass` when given). */
+static void write_pkey(const struct fx *f, const char *name, EVP_PKEY *pk, mode_t mode, const char *pass)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/%s", f->dir, name);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    const EVP_CIPHER *enc = pass ? EVP_aes_256_cbc() : NULL;
+    assert_int_equal(PEM_write_PrivateKey(fp, pk, enc, (const unsigned char *)pass, pass ? (int)strlen(pass) : 0,
+                                          NULL, NULL),
+                     1);
+    assert_int_equal(fclose(fp), 0);
+    assert_int_equal(chmod(path, mode), 0);
+}
+
+/* rsa.key (2048), ed.key (Ed25519), both 0600, in the fixture directory. */
+static void make_good_keys(const struct fx *f)
+{
+    EVP_PKEY *rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    EVP_PKEY *ed = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    assert_non_null(rsa);
+    assert_non_null(ed);
+    write_pkey(f, "rsa.key", rsa, 0600, NULL);
+    write_pkey(f, "ed.key", ed, 0600, NULL);
+    EVP_PKEY_free(rsa);
+    EVP_PKEY_free(ed);
+}
+
+static char *fx_path(const struct fx *f, const char *name)
+{
+    struct strbuf b;
+    sb_init(&b);
+    sb_printf(&b, "%s/%s", f->dir, name);
+    return sb_steal(&b);
+}
+
+static void test_dkim_good(void **state)
+{
+    struct fx *f = *state;
+    make_good_keys(f);
+    struct errlist e;
+    errlist_init(&e);
+    char *text = base_conf(f,
+                           "dkim Example.COM {\n"                          /* 14 */
+                           "    key rsa1 rsa.key\n"                        /* 15: relative to the config */
+                           "    key ed-1 ed.key not-before 2025-03-01\n"   /* 16 */
+                           "    canonicalization simple/relaxed\n"         /* 17 */
+                           "    headers From To Subject\n"                 /* 18 */
+                           "    headers DATE\n"                            /* 19: adds to the list */
+                           "    oversign from subject\n"                   /* 20 */
+                           "    subdomains no\n"                           /* 21 */
+                           "    required yes\n"                            /* 22 */
+                           "}\n"                                           /* 23 */
+                           "dkim other.test {\n"                           /* 24 */
+                           "    key sel.2026 ed.key not-before 2000-02-29\n" /* 25 */
+                           "}\n");
+    struct config *c = load(f, text, &e);
+    free(text);
+    if (!c)
+        dump(&e);
+    assert_non_null(c);
+    assert_int_equal(e.n, 0);
+    assert_int_equal(c->ndkim, 2);
+
+    const struct dkim_cfg *d = &c->dkim[0];
+    assert_string_equal(d->domain, "example.com");
+    assert_int_equal(d->line, 14);
+    assert_int_equal(d->nkeys, 2);
+    char *rsa_path = fx_path(f, "rsa.key"), *ed_path = fx_path(f, "ed.key");
+    assert_string_equal(d->keys[0].selector, "rsa1");
+    assert_string_equal(d->keys[0].file, rsa_path);
+    assert_int_equal(d->keys[0].not_before, 0);
+    assert_int_equal(d->keys[0].alg, DKIM_ALG_RSA_SHA256);
+    assert_non_null(d->keys[0].pkey);
+    assert_int_equal(EVP_PKEY_get_bits(d->keys[0].pkey), 2048);
+    assert_true(EVP_PKEY_is_a(d->keys[0].pkey, "RSA"));
+    assert_int_equal(d->keys[0].line, 15);
+    assert_string_equal(d->keys[1].selector, "ed-1");
+    assert_string_equal(d->keys[1].file, ed_path);
+    assert_int_equal(d->keys[1].not_before, 1740787200); /* 2025-03-01T00:00:00Z */
+    assert_int_equal(d->keys[1].alg, DKIM_ALG_ED25519_SHA256);
+    assert_non_null(d->keys[1].pkey);
+    assert_true(EVP_PKEY_is_a(d->keys[1].pkey, "ED25519"));
+    assert_int_equal(d->keys[1].line, 16);
+    assert_int_equal(d->canon_header, DKIM_CANON_SIMPLE);
+    assert_int_equal(d->canon_body, DKIM_CANON_RELAXED);
+    assert_int_equal(d->nheaders, 4);
+    assert_string_equal(d->headers[0], "from");
+    assert_string_equal(d->headers[1], "to");
+    assert_string_equal(d->headers[2], "subject");
+    assert_string_equal(d->headers[3], "date");
+    assert_int_equal(d->noversign, 2);
+    assert_string_equal(d->oversign[0], "from");
+    assert_string_equal(d->oversign[1], "subject");
+    assert_int_equal(d->subdomains, 0);
+    assert_int_equal(d->required, 1);
+
+    /* the second block: every default */
+    d = &c->dkim[1];
+    assert_string_equal(d->domain, "other.test");
+    assert_int_equal(d->line, 24);
+    assert_int_equal(d->nkeys, 1);
+    assert_string_equal(d->keys[0].selector, "sel.2026");
+    assert_int_equal(d->keys[0].not_before, 951782400); /* 2000-02-29, a leap day */
+    assert_int_equal(d->keys[0].alg, DKIM_ALG_ED25519_SHA256);
+    assert_int_equal(d->canon_header, DKIM_CANON_RELAXED);
+    assert_int_equal(d->canon_body, DKIM_CANON_RELAXED);
+    assert_int_equal(d->nheaders, dkim_default_headers_count);
+    for (size_t i = 0; i < d->nheaders; i++)
+        assert_string_equal(d->headers[i], dkim_default_headers[i]);
+    assert_int_equal(d->noversign, 1);
+    assert_string_equal(d->oversign[0], "from");
+    assert_int_equal(d->subdomains, 1);
+    assert_int_equal(d->required, 0);
+    config_unref(c);
+
+    /* group-readable keys are fine (the daemon's group re-reads them) */
+    chmod(ed_path, 0640);
+    text = base_conf(f, "dkim example.com {\n    key s ed.key\n    oversign none\n}\n");
+    c = load(f, text, &e);
+    free(text);
+    assert_non_null(c);
+    assert_int_equal(c->dkim[0].noversign, 0); /* `oversign none` */
+    config_unref(c);
+    free(rsa_path);
+    free(ed_path);
+    errlist_free(&e);
+
+    /* the default list */
+    static const char *const want[] = {
+        "from", "to", "cc", "subject", "date", "message-id", "reply-to", "mime-version", "content-type",
+        "content-transfer-encoding", "in-reply-to", "references", "list-id", "list-unsubscribe",
+        "list-unsubscribe-post", "list-help", "list-post", "list-subscribe", "list-owner", "list-archive"};
+    assert_int_equal(dkim_default_headers_count, sizeof(want) / sizeof(want[0]));
+    for (size_t i = 0; i < dkim_default_headers_count; i++)
+        assert_string_equal(dkim_default_headers[i], want[i]);
+}
+
+static const struct err_case dkim_err_cases[] = {
+    {"dkim example.com {\n}\n", 14,
+     "the dkim block for example.com has no key: add `key SELECTOR FILE` (make one with `submitctl dkim keygen "
+     "example.com SELECTOR`)"},
+    {"dkim example.com {\n    key s1 world.key\n}\n", 15,
+     "world.key has mode 0644: it must not be accessible by others nor writable by its group"},
+    {"dkim example.com {\n    key s1 nonexistent.key\n}\n", 15, "nonexistent.key does not exist"},
+    {"dkim example.com {\n    key s1 rsa1024.key\n}\n", 15,
+     "rsa1024.key is a 1024-bit RSA key: DKIM needs at least 2048 bits (RFC 8301); make a good one with "
+     "`submitctl dkim keygen example.com s1` (RSA 2048) or `submitctl dkim keygen example.com s1 --ed25519`"},
+    {"dkim example.com {\n    key s1 ec.key\n}\n", 15,
+     "ec.key is an EC key: DKIM signs with RSA (2048 bits or more) or Ed25519 keys only; make a good one with "
+     "`submitctl dkim keygen example.com s1`"},
+    {"dkim example.com {\n    key s1 garbage.key\n}\n", 15,
+     "garbage.key is not a PEM private key; make a good one with `submitctl dkim keygen example.com s1`"},
+    {"dkim example.com {\n    key s1 enc.key\n}\n", 15, "enc.key is encrypted with a passphrase"},
+    {"dkim example.com {\n    key s1 ed.key not-before 2025-02-30\n}\n", 15,
+     "bad date `2025-02-30` for not-before: expected YYYY-MM-DD"},
+    {"dkim example.com {\n    key s1 ed.key not-before 2025-1-01\n}\n", 15, "bad date `2025-1-01`"},
+    {"dkim example.com {\n    key s1 ed.key not-before 1969-12-31\n}\n", 15, "bad date `1969-12-31`"},
+    {"dkim example.com {\n    key s1 ed.key not-before 2025-13-01\n}\n", 15, "bad date `2025-13-01`"},
+    {"dkim example.com {\n    key s1 ed.key not-before 2026-02-29\n}\n", 15, "bad date `2026-02-29`"},
+    {"dkim example.com {\n    key s1 ed.key after 2025-01-01\n}\n", 15,
+     "expected `not-before YYYY-MM-DD` after the file name, not `after 2025-01-01`"},
+    {"dkim example.com {\n    key s1 ed.key not-before\n}\n", 15,
+     "expected `not-before YYYY-MM-DD` after the file name, not `not-before`"},
+    {"dkim example.com {\n    key s1\n}\n", 15,
+     "`key` takes 2 to 4 values (key SELECTOR FILE [not-before YYYY-MM-DD]), not 1"},
+    {"dkim example.com {\n    key s1 ed.key not-before 2025-01-01 x\n}\n", 15, "`key` takes 2 to 4 values"},
+    {"dkim example.com {\n    key s_1 ed.key\n}\n", 15, "bad selector `s_1`"},
+    {"dkim example.com {\n    key -s ed.key\n}\n", 15, "bad selector `-s`"},
+    {"dkim example.com {\n    key s1 \"\"\n}\n", 15, "`key` needs the file name"},
+    {"dkim example.com {\n    key s1 ed.key\n    key S1 rsa.key\n}\n", 16,
+     "duplicate selector `S1` in the dkim block for example.com (the first is at line 15)"},
+    {"dkim a.test {\n    key s ed.key\n}\ndkim A.Test {\n    key s ed.key\n}\n", 17,
+     "duplicate dkim block for a.test (the first is at line 14)"},
+    {"dkim -bad.test {\n}\n", 14, "bad dkim domain `-bad.test`: expected a domain name"},
+    {"dkim example.com. {\n}\n", 14, "bad dkim domain `example.com.`"},
+    {"dkim a..b {\n}\n", 14, "bad dkim domain `a..b`"},
+    {"dkim under_score.test {\n}\n", 14, "bad dkim domain"},
+    {"dkim {\n}\n", 14, "a `dkim` block needs one domain: `dkim DOMAIN {`"},
+    {"dkim example.com\n", 14, "unknown key `dkim` at top level (`dkim` is a block: `dkim DOMAIN {` ... `}`)"},
+    {"oversign from\n", 14, "unknown key `oversign` at top level (it belongs in the dkim block)"},
+    {"dkim example.com {\n    key s1 ed.key\n    canonicalization relaxed\n}\n", 16,
+     "bad value `relaxed` for `canonicalization`: expected HEADER/BODY, each relaxed or simple"},
+    {"dkim example.com {\n    key s1 ed.key\n    canonicalization relaxed/strict\n}\n", 16,
+     "bad value `relaxed/strict`"},
+    {"dkim example.com {\n    key s1 ed.key\n    canonicalization /simple\n}\n", 16, "bad value `/simple`"},
+    {"dkim example.com {\n    key s1 ed.key\n    canonicalization simple/simple/x\n}\n", 16,
+     "bad value `simple/simple/x`"},
+    {"dkim example.com {\n    key s1 ed.key\n    canonicalization simple/simple\n    canonicalization "
+     "relaxed/relaxed\n}\n",
+     17, "duplicate key `canonicalization` (first set at line 16)"},
+    {"dkim example.com {\n    key s1 ed.key\n    headers to subject\n    oversign to\n}\n", 16,
+     "`headers` must include from: RFC 6376 (5.4) requires the From field to be signed"},
+    {"dkim example.com {\n    key s1 ed.key\n    headers from to\n    headers FROM\n}\n", 17,
+     "header field `from` is listed twice in `headers` (to sign one more than present, use `oversign`)"},
+    {"dkim example.com {\n    key s1 ed.key\n    headers from a;b\n}\n", 16,
+     "bad header field name `a;b` in `headers`"},
+    {"dkim example.com {\n    key s1 ed.key\n    headers\n}\n", 16, "`headers` takes at least 1 value (headers NAME...)"},
+    {"dkim example.com {\n    key s1 ed.key\n    oversign x-mailer\n}\n", 16,
+     "oversign x-mailer: not among the signed header fields (add it to `headers`)"},
+    {"dkim example.com {\n    key s1 ed.key\n    oversign none from\n}\n", 16, "`oversign none` must be alone"},
+    {"dkim example.com {\n    key s1 ed.key\n    oversign none\n    oversign from\n}\n", 17,
+     "`oversign none` must be alone"},
+    {"dkim example.com {\n    key s1 ed.key\n    subdomains maybe\n}\n", 16,
+     "bad value `maybe` for `subdomains`: expected yes or no"},
+    {"dkim example.com {\n    key s1 ed.key\n    required 2\n}\n", 16, "bad value `2` for `required`"},
+    {"dkim example.com {\n    key s1 ed.key\n    port 1\n}\n", 16,
+     "unknown key `port` in dkim block (it belongs in the listener block)"},
+};
+
+static void test_dkim_errors(void **state)
+{
+    struct fx *f = *state;
+    make_good_keys(f);
+    EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)1024);
+    assert_non_null(k);
+    write_pkey(f, "rsa1024.key", k, 0600, NULL);
+    EVP_PKEY_free(k);
+    k = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    assert_non_null(k);
+    write_pkey(f, "ec.key", k, 0600, NULL);
+    EVP_PKEY_free(k);
+    k = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    assert_non_null(k);
+    write_pkey(f, "world.key", k, 0644, NULL);
+    write_pkey(f, "enc.key", k, 0600, "secret");
+    EVP_PKEY_free(k);
+    char *garbage = fx_path(f, "garbage.key");
+    write_file(garbage, "-----BEGIN PRIVATE KEY-----\nnot base64 at all\n-----END PRIVATE KEY-----\n", 0600);
+    free(garbage);
+
+    for (size_t i = 0; i < sizeof(dkim_err_cases) / sizeof(dkim_err_cases[0]); i++) {
+        const struct err_case *ec = &dkim_err_cases[i];
+        struct errlist e;
+        errlist_init(&e);
+        char *text = base_conf(f, ec->append);
+        struct config *c = load(f, text, &e);
+        free(text);
+        if (c || e.n != 1) {
+            print_message("case %zu: %s", i, ec->append);
+            dump(&e);
+        }
+        assert_null(c);
+        expect_error(&e, f->conf, ec->line, ec->needle);
+        assert_int_equal(e.n, 1);
+        /* a failed key load leaves nothing in OpenSSL's error queue */
+        assert_int_equal(ERR_peek_error(), 0);
+        errlist_free(&e);
+    }
+
+    /* several problems in one block: all reported, in line order */
+    struct errlist e;
+    errlist_init(&e);
+    char *text = base_conf(f,
+                           "dkim example.com {\n"                          /* 14 */
+                           "    key a rsa1024.key\n"                       /* 15 */
+                           "    key b ec.key\n"                            /* 16 */
+                           "    key a ed.key\n"                            /* 17 */
+                           "    canonicalization loose/simple\n"           /* 18 */
+                           "    headers subject\n"                         /* 19 */
+                           "}\n");
+    assert_null(load(f, text, &e));
+    free(text);
+    if (e.n != 5)
+        dump(&e);
+    assert_int_equal(e.n, 5);
+    expect_error(&e, f->conf, 15, "1024-bit RSA key");
+    expect_error(&e, f->conf, 16, "an EC key");
+    expect_error(&e, f->conf, 17, "duplicate selector `a`");
+    expect_error(&e, f->conf, 18, "bad value `loose/simple`");
+    expect_error(&e, f->conf, 19, "`headers` must include from");
+    errlist_free(&e);
+}
+
+static void test_dkim_lookup(void **state)
+{
+    struct fx *f = *state;
+    struct errlist e;
+    errlist_init(&e);
+    /* config_load_paths: the key files need not exist yet and are not read */
+    char *text = base_conf(f,
+                           "dkim example.com {\n    key s nonexistent.key\n}\n"
+                           "dkim b.example.com {\n    key s nonexistent.key\n    subdomains no\n}\n"
+                           "dkim other.test {\n    key s nonexistent.key\n    subdomains no\n}\n"
+                           "dkim deep.a.test {\n    key s nonexistent.key\n}\n");
+    write_file(f->conf, text, 0644);
+    free(text);
+    struct config *c = config_load_paths(f->conf, &e);
+    if (!c)
+        dump(&e);
+    assert_non_null(c);
+    assert_int_equal(c->ndkim, 4);
+    const struct dkim_cfg *ex = &c->dkim[0], *b = &c->dkim[1], *other = &c->dkim[2], *deep = &c->dkim[3];
+    assert_null(ex->keys[0].pkey);
+    assert_int_equal(ex->keys[0].alg, 0);
+
+    assert_ptr_equal(config_dkim(c, "example.com"), ex);
+    assert_ptr_equal(config_dkim(c, "EXAMPLE.Com"), ex);
+    assert_ptr_equal(config_dkim(c, "x.example.com"), ex);
+    assert_ptr_equal(config_dkim(c, "y.x.Example.COM"), ex);
+    assert_ptr_equal(config_dkim(c, "b.example.com"), b);       /* exact, even with subdomains no */
+    assert_ptr_equal(config_dkim(c, "a.b.example.com"), ex);    /* b does not cover subdomains: its parent */
+    assert_ptr_equal(config_dkim(c, "c.a.b.example.com"), ex);
+    assert_ptr_equal(config_dkim(c, "other.test"), other);
+    assert_null(config_dkim(c, "a.other.test"));                /* subdomains no, no parent block */
+    assert_ptr_equal(config_dkim(c, "x.deep.a.test"), deep);
+    assert_null(config_dkim(c, "a.test"));                      /* a parent is not covered by a child */
+    assert_null(config_dkim(c, "notexample.com"));
+    assert_null(config_dkim(c, "example.com.evil"));
+    assert_null(config_dkim(c, "com"));
+    assert_null(config_dkim(c, ""));
+    assert_null(config_dkim(c, NULL));
+    assert_null(config_dkim(NULL, "example.com"));
+
+    /* keys not loaded: none is active */
+    const struct dkim_key_cfg *out[2] = {ex->keys, ex->keys};
+    config_dkim_active(ex, INT64_MAX, out);
+    assert_null(out[0]);
+    assert_null(out[1]);
+    config_unref(c);
+
+    /* the same with config_load: the missing files are errors at their lines */
+    assert_null(config_load(f->conf, &e));
+    assert_int_equal(e.n, 4);
+    expect_error(&e, f->conf, 15, "nonexistent.key does not exist");
+    expect_error(&e, f->conf, 18, "nonexistent.key does not exist");
+    expect_error(&e, f->conf, 26, "nonexistent.key does not exist");
+    errlist_free(&e);
+
+    /* existing keys are not read by config_load_paths, bad modes are not checked */
+    make_good_keys(f);
+    char *ed = fx_path(f, "ed.key");
+    chmod(ed, 0644);
+    errlist_init(&e);
+    text = base_conf(f, "dkim example.com {\n    key s ed.key\n}\n");
+    write_file(f->conf, text, 0644);
+    free(text);
+    c = config_load_paths(f->conf, &e);
+    assert_non_null(c);
+    assert_null(c->dkim[0].keys[0].pkey);
+    assert_int_equal(c->dkim[0].keys[0].alg, 0);
+    config_unref(c);
+    assert_null(config_load(f->conf, &e));
+    expect_error(&e, f->conf, 15, "has mode 0644");
+    chmod(ed, 0600);
+    free(ed);
+    errlist_free(&e);
+}
+
+static void test_dkim_active(void **state)
+{
+    struct fx *f = *state;
+    make_good_keys(f);
+    struct errlist e;
+    errlist_init(&e);
+    char *text = base_conf(f,
+                           "dkim example.com {\n"                                /* 14 */
+                           "    key r0 rsa.key\n"                                /* 15: always */
+                           "    key r2025 rsa.key not-before 2025-01-01\n"       /* 16 */
+                           "    key r2026 rsa.key not-before 2026-06-01\n"       /* 17 */
+                           "    key e1 ed.key not-before 2025-01-01\n"           /* 18 */
+                           "    key e2 ed.key not-before 2025-01-01\n"           /* 19: a tie, listed last */
+                           "    key r2020 rsa.key not-before 2020-01-01\n"       /* 20: last, but older */
+                           "}\n"
+                           "dkim ed.test {\n"
+                           "    key e ed.key not-before 2030-01-01\n"
+                           "}\n");
+    struct config *c = load(f, text, &e);
+    free(text);
+    if (!c)
+        dump(&e);
+    assert_non_null(c);
+    const struct dkim_cfg *d = &c->dkim[0];
+    const struct dkim_key_cfg *r0 = &d->keys[0], *r2025 = &d->keys[1], *r2026 = &d->keys[2], *e2 = &d->keys[4],
+                              *r2020 = &d->keys[5];
+    const struct dkim_key_cfg *out[2];
+    const int64_t y2025 = 1735689600, jun2026 = 1780272000, y2020 = 1577836800;
+
+    config_dkim_active(d, 0, out);
+    assert_ptr_equal(out[0], r0);
+    assert_null(out[1]);
+    config_dkim_active(d, y2020 - 1, out);
+    assert_ptr_equal(out[0], r0);
+    config_dkim_active(d, y2020, out);
+    assert_ptr_equal(out[0], r2020);
+    config_dkim_active(d, y2025 - 1, out); /* the 2025 keys are not active yet */
+    assert_ptr_equal(out[0], r2020);
+    assert_null(out[1]);
+    config_dkim_active(d, y2025, out); /* newest active wins; a tie goes to the last listed */
+    assert_ptr_equal(out[0], r2025);
+    assert_ptr_equal(out[1], e2);
+    config_dkim_active(d, jun2026 - 1, out);
+    assert_ptr_equal(out[0], r2025);
+    config_dkim_active(d, jun2026, out);
+    assert_ptr_equal(out[0], r2026);
+    assert_ptr_equal(out[1], e2);
+    assert_int_equal(out[0]->alg, DKIM_ALG_RSA_SHA256);
+    assert_int_equal(out[1]->alg, DKIM_ALG_ED25519_SHA256);
+    assert_string_equal(out[0]->selector, "r2026");
+
+    /* a block with only a future Ed25519 key */
+    const struct dkim_cfg *ed = config_dkim(c, "mail.ed.test");
+    assert_ptr_equal(ed, &c->dkim[1]);
+    config_dkim_active(ed, jun2026, out);
+    assert_null(out[0]);
+    assert_null(out[1]);
+    config_dkim_active(ed, 1893456000, out); /* 2030-01-01 */
+    assert_null(out[0]);
+    assert_ptr_equal(out[1], &ed->keys[0]);
+
+    config_dkim_active(NULL, jun2026, out);
+    assert_null(out[0]);
+    assert_null(out[1]);
+    config_unref(c);
+    errlist_free(&e);
+}
+
+/* The commented dkim block of etc/submitd.conf, uncommented, loads. */
+static void test_dkim_example(void **state)
+{
+    struct fx *f = *state;
+    char *ex = read_file_max("etc/submitd.conf", 1 << 20, NULL);
+    if (!ex) {
+        print_message("etc/submitd.conf not found from the current directory\n");
+        skip();
+    }
+    const char *start = strstr(ex, "\n# dkim example.com {\n");
+    assert_non_null(start);
+    const char *end = strstr(start, "\n# }\n");
+    assert_non_null(end);
+    /* drop "# " from each line; keys in /etc/submitd/dkim/ go to the fixture */
+    struct strbuf b;
+    sb_init(&b);
+    for (const char *l = start + 1; l <= end + 1;) {
+        const char *nl = strchr(l, '\n');
+        assert_true(strncmp(l, "# ", 2) == 0);
+        l += 2;
+        const char *dir = strstr(l, "/etc/submitd/dkim/");
+        if (dir && dir < nl) {
+            sb_append(&b, l, (size_t)(dir - l));
+            sb_printf(&b, "%s/", f->dir);
+            l = dir + strlen("/etc/submitd/dkim/");
+        }
+        sb_append(&b, l, (size_t)(nl - l) + 1);
+        l = nl + 1;
+    }
+    free(ex);
+    EVP_PKEY *rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
+    EVP_PKEY *ed = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+    write_pkey(f, "example.com.2025a.key", rsa, 0640, NULL);
+    write_pkey(f, "example.com.ed2025.key", ed, 0600, NULL);
+    EVP_PKEY_free(rsa);
+    EVP_PKEY_free(ed);
+
+    struct errlist e;
+    errlist_init(&e);
+    char *text = base_conf(f, b.s);
+    sb_free(&b);
+    struct config *c = load(f, text, &e);
+    free(text);
+    if (!c)
+        dump(&e);
+    assert_non_null(c);
+    assert_int_equal(c->ndkim, 1);
+    const struct dkim_cfg *d = config_dkim(c, "news.example.com");
+    assert_ptr_equal(d, &c->dkim[0]);
+    assert_int_equal(d->nkeys, 2);
+    const struct dkim_key_cfg *out[2];
+    config_dkim_active(d, 1735689600, out);
+    assert_ptr_equal(out[0], &d->keys[0]);
+    assert_ptr_equal(out[1], &d->keys[1]);
+    assert_int_equal(d->nheaders, dkim_default_headers_count);
+    assert_int_equal(d->noversign, 1);
+    assert_int_equal(d->required, 0);
+    config_unref(c);
+    errlist_free(&e);
+}
+
 /* ---- cidr -------------------------------------------------------------------------- */
 
 static struct sockaddr_in sin4(const char *ip)
@@ -1346,6 +1832,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quoting_values, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parse_string_paths, setup, teardown),
         cmocka_unit_test_setup_teardown(test_example_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dkim_good, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dkim_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dkim_lookup, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dkim_active, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dkim_example, setup, teardown),
         cmocka_unit_test(test_cidr_parse),
         cmocka_unit_test(test_cidr_match),
         cmocka_unit_test(test_sockaddr_ip),
