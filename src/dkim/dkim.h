@@ -14,10 +14,10 @@
  * The produced field (one signature; b= always starts its own line and is
  * the last tag, so removing its value gives back the signed text exactly):
  *
- *   DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com;
- *   <TAB>s=sel1; t=1700000000; h=from:from:to:subject:date:message-id;
- *   <TAB>bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=;
- *   <TAB>b=AbC...(filled to column 78)
+ *   DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=rsa1;
+ *   <TAB>t=1795460542; h=from:from:subject:subject:message-id:received;
+ *   <TAB>bh=RHI91NDg1Go8f6isolS2HCe2tXiflhd+gsgHAECfFTU=;
+ *   <TAB>b=Colb4jfDaIChPhw/...(the base64 value, filling lines to column 78)
  *   <TAB>...
  *
  * Lines are folded with CRLF TAB at <= 78 columns, only where RFC 6376
