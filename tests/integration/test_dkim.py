@@ -1,7 +1,12 @@
-"""DKIM signing checked by two verifiers the project does not write: dkimpy
-(python3-dkim) and Perl's Mail::DKIM (libmail-dkim-perl). Keys come from
-`submitctl dkim keygen`; the TXT records it prints are served by a real DNS
-server (dnsmasq) on a loopback port, and both verifiers query it."""
+"""DKIM signing checked by verifiers the project does not write: dkimpy
+(python3-dkim) and opendkim (Debian's opendkim, in its test mode `-t`) check
+every signature of both algorithms; Perl's Mail::DKIM (libmail-dkim-perl)
+checks the rsa-sha256 ones as a third (Debian 12's version predates RFC 8463
+and reports ed25519 as unsupported). Keys come from `submitctl dkim keygen`.
+The TXT records it prints are served by a real DNS server (dnsmasq) on a
+loopback port, which dkimpy and Mail::DKIM query. opendkim reads the same
+records from its TestPublicKeys file: its libunbound resolver, given a
+forward-zone to the dnsmasq port, sent no query at all."""
 
 import os
 import re
@@ -41,6 +46,11 @@ def dkimenv(tmp_path_factory):
     keydir = d / "keys"
     rsa_key, rsa_rec = keygen(keydir, "rsa1", "--rsa", "2048")
     ed_key, ed_rec = keygen(keydir, "ed1", "--ed25519")
+    # opendkim: "NAME VALUE" lines, the record as keygen printed it, strings joined
+    (d / "opendkim.keys").write_text(f"rsa1._domainkey.{DOMAIN} {rsa_rec}\n"
+                                     f"ed1._domainkey.{DOMAIN} {ed_rec}\n")
+    (d / "opendkim.conf").write_text(f"Mode v\nSyslog no\nAuthservID verifier.test\n"
+                                     f"TestPublicKeys {d / 'opendkim.keys'}\n")
     port = free_port()
     args = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--listen-address=127.0.0.1",
             "--bind-interfaces", f"--port={port}", f"--pid-file={d / 'dnsmasq.pid'}", "--user=root"]
@@ -113,6 +123,22 @@ def perl_results(env, data):
     return [l.split(" ", 2) for l in lines if not l.startswith("result=")]
 
 
+def opendkim_results(env, data):
+    """opendkim -t on the wire form: with -vv it prints the Authentication-Results
+    field it would add, one "dkim=RESULT ... header.d=D ... header.a=ALG" per
+    signature. Returns [(ALG, D, RESULT)]."""
+    p = subprocess.run(["opendkim", "-x", str(env["dir"] / "opendkim.conf"), "-vv", "-t", "-"],
+                       input=to_crlf(data), capture_output=True, timeout=60)
+    out = p.stdout.decode(errors="replace")
+    assert p.returncode == 0, out + p.stderr.decode(errors="replace")[-2000:]
+    m = re.search(r"^### INSHEADER: idx=\d+ hname='Authentication-Results' hvalue='([^']*)'", out,
+                  re.M)
+    assert m, out
+    return [(alg, dom, res) for res, dom, alg in
+            re.findall(r"\bdkim=(\w+)[^;]*?\bheader\.d=([^\s;]+)[^;]*?\bheader\.a=([^\s;]+)",
+                       m.group(1))]
+
+
 def send(d, msg, frm=ALICE, rcpt="dkim@dest.test", login=ALICE):
     with d.login(login, pw(login)) as c:
         c.send_mail(frm, [rcpt], msg)
@@ -124,6 +150,8 @@ def assert_verifies(env, data, algs=("rsa-sha256", "ed25519-sha256")):
     sigs = re.findall(rb"^DKIM-Signature:.*?\ba=([\w-]+);", data, re.M | re.S)
     assert sorted(s.decode() for s in sigs) == sorted(algs), data[:1500]
     assert all(dkimpy_results(env, data)), "dkimpy: signature does not verify"
+    od = opendkim_results(env, data)
+    assert sorted(od) == sorted((alg, DOMAIN, "pass") for alg in algs), od
     perl = perl_results(env, data)
     assert sorted(a for a, _, _ in perl) == sorted(algs), perl
     for alg, dom, result in perl:
@@ -189,8 +217,11 @@ def test_tampering_fails(make_daemon, dkimenv, how):
     else:
         bad = data.replace(b"\nbye\n", b"\nBYE\n")
     assert bad != data
-    assert not any(dkimpy_results(dkimenv, bad))
-    assert all(r != "pass" for _, _, r in perl_results(dkimenv, bad)), perl_results(dkimenv, bad)
+    assert dkimpy_results(dkimenv, bad) == [False, False]
+    od = opendkim_results(dkimenv, bad)
+    assert sorted(od) == [("ed25519-sha256", DOMAIN, "fail"), ("rsa-sha256", DOMAIN, "fail")], od
+    perl = perl_results(dkimenv, bad)
+    assert len(perl) == 2 and all(r != "pass" for _, _, r in perl), perl
 
 
 def test_other_domains_unsigned_and_one_algorithm(make_daemon, dkimenv):
