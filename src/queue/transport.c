@@ -12,6 +12,8 @@
 
 static const struct transport_ops *const transports[] = {
     &maildir_transport,
+    &smarthost_transport,
+    &mx_transport,
 };
 
 const struct transport_ops *transport_find(const char *type)

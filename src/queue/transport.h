@@ -19,6 +19,9 @@ enum dresult { DR_OK = 0, DR_TEMP, DR_PERM };
 struct delivery_result {
     enum dresult status;
     char text[512]; /* e.g. "250 2.0.0 delivered to maildir" or the remote reply */
+    /* optional: the host that gave `text` (a remote MTA's name), for the
+     * Remote-MTA field of a DSN; "" when none (local delivery) */
+    char remote[256];
 };
 
 struct delivery_job {
@@ -48,5 +51,7 @@ const struct transport_ops *transport_find(const char *type);
 int transport_stream(struct spool_msg *m, int lf, int (*out)(void *arg, const void *buf, size_t n), void *arg);
 
 extern const struct transport_ops maildir_transport;
+extern const struct transport_ops smarthost_transport; /* src/relay/smarthost.c */
+extern const struct transport_ops mx_transport;        /* src/relay/mx.c */
 
 #endif

@@ -22,6 +22,8 @@
 #include "tls/tlsclient.h"
 
 #define CLIENT_IN_MAX (REPLY_LINE_MAX * 4)
+/* Longest command line sent: an AUTH line may carry 12,288 octets (RFC 4954 4). */
+#define CLIENT_CMD_MAX 12288
 
 const char *smtpc_err_name(enum smtpc_err e)
 {
@@ -343,7 +345,7 @@ static int send_line(struct smtpc *c, const char *shown, const char *fmt, va_lis
     sb_vprintf(&b, fmt, ap);
     if (!b.s)
         sb_append(&b, "", 0);
-    if (memchr(b.s, '\r', b.len) || memchr(b.s, '\n', b.len) || b.len > REPLY_LINE_MAX) {
+    if (memchr(b.s, '\r', b.len) || memchr(b.s, '\n', b.len) || b.len > CLIENT_CMD_MAX) {
         set_err(c, SMTPC_PROTOCOL, "refusing to send a command with CR/LF or over-long");
         mem_wipe(b.s, b.len);
         sb_free(&b);

@@ -105,8 +105,13 @@ long tls_client_verify_result(SSL *ssl, char *why, size_t n)
     long v = SSL_get_verify_result(ssl);
     X509 *peer = SSL_get1_peer_certificate(ssl);
     if (!peer) {
-        if (n)
-            snprintf(why, n, "the server sent no certificate");
+        /* After a verification failure aborts the handshake, OpenSSL keeps
+         * the verify code but not the certificate. */
+        const char *want = X509_VERIFY_PARAM_get0_host(SSL_get0_param(ssl), 0);
+        if (n && v == X509_V_ERR_HOSTNAME_MISMATCH)
+            snprintf(why, n, "hostname mismatch: certificate is not for %s", want ? want : "the host");
+        else if (n)
+            snprintf(why, n, "%s", v == X509_V_OK ? "the server sent no certificate" : X509_verify_cert_error_string(v));
         return v == X509_V_OK ? X509_V_ERR_UNSPECIFIED : v;
     }
     if (v == X509_V_OK) {
