@@ -53,6 +53,7 @@ struct msg_priv {
     struct spool_msg pub;
     char id[QID_LEN + 1];
     int stfd; /* queue/ID.st, -1 until opened */
+    int ro;   /* spool_msg_peek: never written */
 };
 
 /* ---- envelope ------------------------------------------------------------ */
@@ -777,6 +778,93 @@ static uint32_t crc32_buf(const void *data, size_t n)
     return ~c;
 }
 
+/* Record kinds of the status log (docs/spool-format.md). The first three
+ * are per recipient results; hold/release/reported came with issue 3. */
+enum st_kind { ST_DONE, ST_FAILED, ST_RETRY, ST_HOLD, ST_RELEASE, ST_REPORTED, ST__COUNT };
+static const char *const st_names[ST__COUNT] = {"done", "failed", "retry", "hold", "release", "reported"};
+static const char *const reported_names[] = {"failed", "delayed"}; /* SPOOL_REPORTED_FAILED, _DELAYED */
+
+static void set_reply(struct spool_msg *m, size_t idx, char *text)
+{
+    free(m->last_reply[idx]);
+    m->last_reply[idx] = text;
+}
+
+/* Parses the fields after "KIND " of a checksummed record and applies it.
+ * 1 = applied, -1 = invalid content. */
+static int st_apply_kind(struct spool_msg *m, enum st_kind kind, struct cur *c)
+{
+    const char *why = NULL;
+    uint64_t idx = 0, attempts = 0;
+    int64_t when, next = 0;
+    char *text = NULL;
+    unsigned what = 0;
+    int per_rcpt = kind != ST_HOLD && kind != ST_RELEASE;
+    if (per_rcpt && (get_u64(c, UINT64_MAX, &idx, &why) != 0 || get_sp(c, &why) != 0))
+        return -1;
+    if (get_i64(c, &when, &why) != 0)
+        return -1;
+    if (kind == ST_RETRY && (get_sp(c, &why) != 0 || get_i64(c, &next, &why) != 0 || get_sp(c, &why) != 0 ||
+                             get_u64(c, UINT_MAX, &attempts, &why) != 0))
+        return -1;
+    if (kind == ST_REPORTED) {
+        if (get_sp(c, &why) != 0)
+            return -1;
+        for (size_t i = 0; i < ARRAY_LEN(reported_names) && !what; i++) {
+            size_t l = strlen(reported_names[i]);
+            if (c->end - c->p > (ptrdiff_t)l && memcmp(c->p, reported_names[i], l) == 0 && c->p[l] == ' ') {
+                what = 1u << i;
+                c->p += l;
+            }
+        }
+        if (!what)
+            return -1;
+    }
+    if ((kind == ST_FAILED || kind == ST_RETRY || kind == ST_HOLD || kind == ST_REPORTED) &&
+        (get_sp(c, &why) != 0 || get_str(c, &text, &why) != 0))
+        return -1;
+    if (get_eol(c, &why) != 0 || (per_rcpt && idx >= m->env.nrcpts) ||
+        (kind == ST_REPORTED && text && !qid_valid(text))) {
+        free(text);
+        return -1;
+    }
+    switch (kind) {
+    case ST_HOLD:
+        m->held = 1;
+        free(m->hold_reason);
+        m->hold_reason = text;
+        return 1;
+    case ST_RELEASE:
+        m->held = 0;
+        return 1;
+    case ST_REPORTED:
+        m->reported[idx] |= what;
+        free(text);
+        return 1;
+    default:
+        break;
+    }
+    if (m->state[idx] != RCPT_PENDING) {
+        free(text); /* final states stay final */
+        return 1;
+    }
+    m->last_try[idx] = when;
+    if (kind == ST_DONE) {
+        m->state[idx] = RCPT_DONE;
+    } else {
+        if (kind == ST_FAILED)
+            m->state[idx] = RCPT_FAILED;
+        else {
+            m->next_try[idx] = next;
+            m->attempts[idx] = (unsigned)attempts;
+        }
+        set_reply(m, idx, text);
+        text = NULL;
+    }
+    free(text);
+    return 1;
+}
+
 /* One complete .st line without its '\n'. 1 = applied, 0 = bad checksum
  * (ignored), -1 = checksummed but invalid. */
 static int st_apply(struct spool_msg *m, const char *line, size_t len)
@@ -793,45 +881,19 @@ static int st_apply(struct spool_msg *m, const char *line, size_t len)
     if (crc32_buf(line, len - 9) != want)
         return 0;
     struct cur c = {line, line + len - 9};
-    const char *why = NULL;
-    const char *kinds[] = {"done ", "failed ", "retry "};
-    int kind = -1;
-    for (int i = 0; i < 3; i++) {
-        size_t kl = strlen(kinds[i]);
-        if ((size_t)(c.end - c.p) > kl && memcmp(c.p, kinds[i], kl) == 0) {
-            kind = i;
-            c.p += kl;
+    for (int k = 0; k < ST__COUNT; k++) {
+        size_t kl = strlen(st_names[k]);
+        if ((size_t)(c.end - c.p) > kl && memcmp(c.p, st_names[k], kl) == 0 && c.p[kl] == ' ') {
+            c.p += kl + 1;
+            return st_apply_kind(m, (enum st_kind)k, &c);
         }
     }
-    uint64_t idx, attempts = 0;
-    int64_t when, next = 0;
-    char *text = NULL;
-    if (kind < 0 || get_u64(&c, UINT64_MAX, &idx, &why) != 0 || get_sp(&c, &why) != 0 ||
-        get_i64(&c, &when, &why) != 0)
-        return -1;
-    if (kind == 2 && (get_sp(&c, &why) != 0 || get_i64(&c, &next, &why) != 0 || get_sp(&c, &why) != 0 ||
-                      get_u64(&c, UINT_MAX, &attempts, &why) != 0))
-        return -1;
-    if (kind > 0 && (get_sp(&c, &why) != 0 || get_str(&c, &text, &why) != 0))
-        return -1;
-    free(text);
-    if (get_eol(&c, &why) != 0 || idx >= m->env.nrcpts)
-        return -1;
-    if (m->state[idx] != RCPT_PENDING)
-        return 1; /* final states stay final */
-    if (kind == 0)
-        m->state[idx] = RCPT_DONE;
-    else if (kind == 1)
-        m->state[idx] = RCPT_FAILED;
-    else {
-        m->next_try[idx] = next;
-        m->attempts[idx] = (unsigned)attempts;
-    }
-    return 1;
+    return -1;
 }
 
-/* Replays queue/ID.st (fd) into m; cuts a torn last line off. */
-static int st_replay(struct spool_msg *m, int fd, char *err, size_t errlen)
+/* Replays queue/ID.st (fd) into m; cuts a torn last line off unless
+ * read-only (then it is only skipped). */
+static int st_replay(struct spool_msg *m, int fd, int ro, char *err, size_t errlen)
 {
     char *line = xmalloc(ST_LINE_MAX);
     char *buf = xmalloc(WBUF_SIZE);
@@ -869,9 +931,9 @@ static int st_replay(struct spool_msg *m, int fd, char *err, size_t errlen)
         }
         off += r;
     }
-    if (bad)
+    if (bad && !ro)
         logkv(LOG_LVL_WARN, NULL, "spool.st_bad_records", "file=%.16s.st count=%zu note=\"ignored\"", m->env.id, bad);
-    if (off > good) {
+    if (off > good && !ro) {
         /* a torn last record (crash mid-append): ignore it and cut it off so
          * that the next record starts on a line of its own */
         logkv(LOG_LVL_WARN, NULL, "spool.st_torn", "file=%.16s.st bytes=%lld note=\"ignored\"", m->env.id,
@@ -885,8 +947,21 @@ out:
     return rc;
 }
 
-static int st_append(struct spool *s, struct msg_priv *p, const char *payload, size_t n)
+/* Appends "payload CRC\n" to out. */
+static void st_line(struct strbuf *out, const char *payload, size_t n)
 {
+    sb_append(out, payload, n);
+    sb_printf(out, " %08x\n", (unsigned)crc32_buf(payload, n));
+}
+
+/* Writes complete records (st_line output) to queue/ID.st with one write
+ * and one fdatasync, creating the file (and fsyncing queue/) the first time. */
+static int st_write(struct spool *s, struct msg_priv *p, const char *buf, size_t n)
+{
+    if (p->ro) {
+        errno = EROFS;
+        return -1;
+    }
     if (p->stfd < 0) {
         char name[QID_LEN + 4];
         snprintf(name, sizeof(name), "%s.st", p->id);
@@ -898,67 +973,139 @@ static int st_append(struct spool *s, struct msg_priv *p, const char *payload, s
         if (p->stfd < 0)
             return -1;
     }
-    char crc[16];
-    snprintf(crc, sizeof(crc), " %08x\n", (unsigned)crc32_buf(payload, n));
-    struct strbuf b;
-    sb_init(&b);
-    sb_append(&b, payload, n);
-    sb_puts(&b, crc);
-    int rc = write_all(p->stfd, b.s, b.len);
-    sb_free(&b);
+    int rc = write_all(p->stfd, buf, n);
     if (rc == 0)
         rc = fdatasync(p->stfd);
     return rc;
 }
 
-static int mark(struct spool *s, struct spool_msg *m, size_t rcpt, int kind, int64_t next, const char *text)
+static int st_append(struct spool *s, struct msg_priv *p, const struct strbuf *payload)
 {
-    struct msg_priv *p = (struct msg_priv *)m;
-    if (rcpt >= m->env.nrcpts) {
-        errno = EINVAL;
-        return -1;
-    }
-    static const char *const names[] = {"done", "failed", "retry"};
     struct strbuf b;
     sb_init(&b);
-    sb_printf(&b, "%s %zu %lld", names[kind], rcpt, (long long)time(NULL));
-    if (kind == 2) {
+    st_line(&b, payload->s, payload->len);
+    int rc = st_write(s, p, b.s, b.len);
+    sb_free(&b);
+    return rc;
+}
+
+/* Appends ` TEXT` (a reply line for logs and DSNs, bounded) to b; returns
+ * the text as written (a copy the caller frees). */
+static char *put_text(struct strbuf *b, const char *text)
+{
+    char cut[600];
+    if (text && strlen(text) >= sizeof(cut)) {
+        str_copy(cut, text, sizeof(cut));
+        text = cut;
+    }
+    sb_puts(b, " ");
+    put_str(b, text);
+    return text ? xstrdup(text) : NULL;
+}
+
+static int mark(struct spool *s, struct spool_msg *m, size_t rcpt, enum st_kind kind, int64_t next, const char *text)
+{
+    struct msg_priv *p = (struct msg_priv *)m;
+    if (rcpt >= m->env.nrcpts || p->ro) {
+        errno = p->ro ? EROFS : EINVAL;
+        return -1;
+    }
+    int64_t now = (int64_t)time(NULL);
+    struct strbuf b;
+    sb_init(&b);
+    sb_printf(&b, "%s %zu %lld", st_names[kind], rcpt, (long long)now);
+    if (kind == ST_RETRY) {
         m->attempts[rcpt]++;
         m->next_try[rcpt] = next;
         sb_printf(&b, " %lld %u", (long long)next, m->attempts[rcpt]);
     }
-    if (kind > 0) {
-        sb_puts(&b, " ");
-        /* bounded: the text is a reply line for logs and DSNs */
-        char cut[600];
-        if (text && strlen(text) >= sizeof(cut)) {
-            str_copy(cut, text, sizeof(cut));
-            text = cut;
-        }
-        put_str(&b, text);
-    }
-    if (kind == 0)
+    if (kind != ST_DONE)
+        set_reply(m, rcpt, put_text(&b, text));
+    if (kind == ST_DONE)
         m->state[rcpt] = RCPT_DONE;
-    else if (kind == 1)
+    else if (kind == ST_FAILED)
         m->state[rcpt] = RCPT_FAILED;
-    int rc = st_append(s, p, b.s, b.len);
+    m->last_try[rcpt] = now;
+    int rc = st_append(s, p, &b);
     sb_free(&b);
     return rc;
 }
 
 int spool_mark_done(struct spool *s, struct spool_msg *m, size_t rcpt)
 {
-    return mark(s, m, rcpt, 0, 0, NULL);
+    return mark(s, m, rcpt, ST_DONE, 0, NULL);
 }
 
 int spool_mark_failed(struct spool *s, struct spool_msg *m, size_t rcpt, const char *text)
 {
-    return mark(s, m, rcpt, 1, 0, text);
+    return mark(s, m, rcpt, ST_FAILED, 0, text);
 }
 
 int spool_mark_retry(struct spool *s, struct spool_msg *m, size_t rcpt, int64_t next, const char *text)
 {
-    return mark(s, m, rcpt, 2, next, text);
+    return mark(s, m, rcpt, ST_RETRY, next, text);
+}
+
+int spool_mark_hold(struct spool *s, struct spool_msg *m, const char *reason)
+{
+    struct strbuf b;
+    sb_init(&b);
+    sb_printf(&b, "hold %lld", (long long)time(NULL));
+    char *r = put_text(&b, reason);
+    int rc = st_append(s, (struct msg_priv *)m, &b);
+    sb_free(&b);
+    if (rc == 0) {
+        m->held = 1;
+        free(m->hold_reason);
+        m->hold_reason = r;
+    } else {
+        free(r);
+    }
+    return rc;
+}
+
+int spool_mark_release(struct spool *s, struct spool_msg *m)
+{
+    struct strbuf b;
+    sb_init(&b);
+    sb_printf(&b, "release %lld", (long long)time(NULL));
+    int rc = st_append(s, (struct msg_priv *)m, &b);
+    sb_free(&b);
+    if (rc == 0)
+        m->held = 0;
+    return rc;
+}
+
+int spool_mark_reported(struct spool *s, struct spool_msg *m, const size_t *rcpts, size_t n, unsigned what,
+                        const char *dsn_id)
+{
+    int which = what == SPOOL_REPORTED_FAILED ? 0 : what == SPOOL_REPORTED_DELAYED ? 1 : -1;
+    if (which < 0 || (dsn_id && !qid_valid(dsn_id))) {
+        errno = EINVAL;
+        return -1;
+    }
+    struct strbuf lines, rec;
+    sb_init(&lines);
+    sb_init(&rec);
+    long long now = (long long)time(NULL);
+    for (size_t i = 0; i < n; i++) {
+        if (rcpts[i] >= m->env.nrcpts) {
+            sb_free(&lines);
+            sb_free(&rec);
+            errno = EINVAL;
+            return -1;
+        }
+        sb_reset(&rec);
+        sb_printf(&rec, "reported %zu %lld %s ", rcpts[i], now, reported_names[which]);
+        put_str(&rec, dsn_id);
+        st_line(&lines, rec.s, rec.len);
+    }
+    int rc = n ? st_write(s, (struct msg_priv *)m, lines.s, lines.len) : 0;
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        m->reported[rcpts[i]] |= what;
+    sb_free(&lines);
+    sb_free(&rec);
+    return rc;
 }
 
 int spool_msg_complete(const struct spool_msg *m)
@@ -1053,7 +1200,7 @@ static int read_trailer(int fd, struct envelope *env, char *err, size_t errlen)
     return 0;
 }
 
-int spool_msg_open(struct spool *s, const char *id, struct spool_msg **out, char *err, size_t errlen)
+static int msg_open(struct spool *s, const char *id, int ro, struct spool_msg **out, char *err, size_t errlen)
 {
     char dummy[8];
     if (!err || !errlen) {
@@ -1070,6 +1217,7 @@ int spool_msg_open(struct spool *s, const char *id, struct spool_msg **out, char
     struct spool_msg *m = &p->pub;
     memcpy(p->id, id, QID_LEN + 1);
     p->stfd = -1;
+    p->ro = ro;
     m->fd = openat(s->qfd, id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (m->fd < 0) {
         int e = errno;
@@ -1085,18 +1233,22 @@ int spool_msg_open(struct spool *s, const char *id, struct spool_msg **out, char
         errno = e;
         return -1;
     }
+    size_t n = m->env.nrcpts;
+    m->state = xcalloc(n, sizeof(*m->state));
+    m->next_try = xcalloc(n, sizeof(*m->next_try));
+    m->attempts = xcalloc(n, sizeof(*m->attempts));
+    m->reported = xcalloc(n, sizeof(*m->reported));
+    m->last_try = xcalloc(n, sizeof(*m->last_try));
+    m->last_reply = xcalloc(n, sizeof(*m->last_reply));
     if (strcmp(m->env.id, id) != 0) {
         snprintf(err, errlen, "envelope id %s does not match the file name", m->env.id);
         spool_msg_close(m);
         errno = EBADMSG;
         return -1;
     }
-    m->state = xcalloc(m->env.nrcpts, sizeof(*m->state));
-    m->next_try = xcalloc(m->env.nrcpts, sizeof(*m->next_try));
-    m->attempts = xcalloc(m->env.nrcpts, sizeof(*m->attempts));
     char name[QID_LEN + 4];
     snprintf(name, sizeof(name), "%s.st", id);
-    p->stfd = openat(s->qfd, name, O_RDWR | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+    p->stfd = openat(s->qfd, name, (ro ? O_RDONLY : O_RDWR | O_APPEND) | O_CLOEXEC | O_NOFOLLOW);
     if (p->stfd < 0 && errno != ENOENT) {
         int e = errno;
         snprintf(err, errlen, "status log: %s", strerror(e));
@@ -1104,14 +1256,28 @@ int spool_msg_open(struct spool *s, const char *id, struct spool_msg **out, char
         errno = e;
         return -1;
     }
-    if (p->stfd >= 0 && st_replay(m, p->stfd, err, errlen) != 0) {
+    if (p->stfd >= 0 && st_replay(m, p->stfd, ro, err, errlen) != 0) {
         int e = errno;
         spool_msg_close(m);
         errno = e;
         return -1;
     }
+    if (ro && p->stfd >= 0) {
+        close(p->stfd);
+        p->stfd = -1;
+    }
     *out = m;
     return 0;
+}
+
+int spool_msg_open(struct spool *s, const char *id, struct spool_msg **out, char *err, size_t errlen)
+{
+    return msg_open(s, id, 0, out, err, errlen);
+}
+
+int spool_msg_peek(struct spool *s, const char *id, struct spool_msg **out, char *err, size_t errlen)
+{
+    return msg_open(s, id, 1, out, err, errlen);
 }
 
 void spool_msg_close(struct spool_msg *m)
@@ -1123,10 +1289,16 @@ void spool_msg_close(struct spool_msg *m)
         close(m->fd);
     if (p->stfd >= 0)
         close(p->stfd);
+    for (size_t i = 0; m->last_reply && i < m->env.nrcpts; i++)
+        free(m->last_reply[i]);
     envelope_free(&m->env);
     free(m->state);
     free(m->next_try);
     free(m->attempts);
+    free(m->reported);
+    free(m->last_try);
+    free(m->last_reply);
+    free(m->hold_reason);
     free(p);
 }
 

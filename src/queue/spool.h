@@ -84,18 +84,32 @@ void spool_writer_abort(struct spool_writer *w);
 /* ---- reading (queue side) ---- */
 enum rcpt_state { RCPT_PENDING = 0, RCPT_DONE, RCPT_FAILED };
 
+/* spool_msg.reported bits: a DSN for this recipient is committed. */
+enum { SPOOL_REPORTED_FAILED = 1, SPOOL_REPORTED_DELAYED = 2 };
+
 struct spool_msg {
     struct envelope env;
     enum rcpt_state *state;   /* per recipient, from the .st log */
     int64_t *next_try;        /* per recipient: unix time of next attempt (0 = now) */
     unsigned *attempts;       /* per recipient */
     int fd;                   /* open on queue/ID */
+    /* from the status-log records added by issue 3 (hold, release, reported) */
+    int held;                 /* a `hold` record not followed by `release` */
+    char *hold_reason;        /* of the last `hold` (NULL when none) */
+    unsigned *reported;       /* per recipient: SPOOL_REPORTED_* bits */
+    int64_t *last_try;        /* per recipient: time of its last done/failed/retry record (0 = none) */
+    char **last_reply;        /* per recipient: TEXT of its last failed/retry record, or NULL */
 };
 
 /* Opens and decodes queue/ID and its .st log. 0, or -1 with err filled
  * (the caller then moves it aside with spool_quarantine). */
 int spool_msg_open(struct spool *s, const char *id, struct spool_msg **out, char *err, size_t errlen);
 void spool_msg_close(struct spool_msg *m);
+/* The same, read-only, for looking at a message that a delivery thread may
+ * have open (submitctl queue list/show): never writes or truncates the
+ * status log (a torn last record is only skipped); the spool_mark_* calls
+ * fail with EROFS on it. */
+int spool_msg_peek(struct spool *s, const char *id, struct spool_msg **out, char *err, size_t errlen);
 /* Reads message bytes [off, off+n) of the stored content (not the prepend). */
 ssize_t spool_msg_pread(struct spool_msg *m, void *buf, size_t n, uint64_t off);
 
@@ -106,6 +120,15 @@ ssize_t spool_msg_pread(struct spool_msg *m, void *buf, size_t n, uint64_t off);
 int spool_mark_done(struct spool *s, struct spool_msg *m, size_t rcpt);
 int spool_mark_failed(struct spool *s, struct spool_msg *m, size_t rcpt, const char *text);
 int spool_mark_retry(struct spool *s, struct spool_msg *m, size_t rcpt, int64_t next, const char *text);
+/* Message-level records (one fsync each): an operator or abuse hold (the
+ * reason is kept for `queue show`), and its release. */
+int spool_mark_hold(struct spool *s, struct spool_msg *m, const char *reason);
+int spool_mark_release(struct spool *s, struct spool_msg *m);
+/* A DSN (queue id dsn_id) reporting `what` (SPOOL_REPORTED_FAILED or
+ * _DELAYED) for these recipients was committed: one record each, written
+ * with a single write + fsync, so that a restart does not report again. */
+int spool_mark_reported(struct spool *s, struct spool_msg *m, const size_t *rcpts, size_t n, unsigned what,
+                        const char *dsn_id);
 /* 1 when no recipient is pending. */
 int spool_msg_complete(const struct spool_msg *m);
 /* Removes queue/ID and queue/ID.st (message first). */

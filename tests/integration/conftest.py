@@ -77,3 +77,34 @@ def srv(server):
     server.assert_alive()
     yield server
     server.assert_alive()
+
+
+def _started(cls):
+    """A fixture body: start(*a, **kw) makes a cls, all stopped at teardown."""
+    started = []
+
+    def start(*a, **kw):
+        obj = cls(*a, **kw)
+        started.append(obj)
+        return obj
+    return started, start
+
+
+@pytest.fixture
+def receivers():
+    """receivers(**Receiver kwargs) -> a running aiosmtpd Receiver (harness.py), stopped at teardown."""
+    from harness import Receiver
+    started, start = _started(Receiver)
+    yield start
+    for r in started:
+        r.stop()
+
+
+@pytest.fixture
+def dnsserver():
+    """dnsserver(root, args=..., local=...) -> a running dnsmasq DnsServer (harness.py), stopped at teardown."""
+    from harness import DnsServer
+    started, start = _started(DnsServer)
+    yield start
+    for s in started:
+        s.stop()

@@ -4,7 +4,10 @@
  * expansion and sanitizing, check() errors, failures as 451 temporary
  * results; end to end through queue_new/start/submit with a hand-built
  * config, retry records, delivery at restart, lifetime expiry, corrupt
- * files quarantined at start, and reload to a new transport path. */
+ * files quarantined at start, and reload to a new transport path; bounces
+ * (DSNs once per batch, after a restart, never for the null sender or
+ * against NOTIFY, one delay warning) and the operator actions (hold
+ * across a restart, release, flush, delete, list/show). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -210,6 +213,7 @@ static void cfg_init(struct test_cfg *tc, const char *path)
     tc->c.queue.retry_max = 14400;
     tc->c.queue.lifetime = 5 * 86400;
     tc->c.queue.delivery_threads = 2;
+    tc->c.queue.bounce_size = 256 * 1024;
 }
 
 static int wait_for(int (*cond)(void *), void *arg, int ms)
@@ -237,6 +241,65 @@ static int has_exactly(void *arg)
 {
     struct count_arg *a = arg;
     return count_files(a->dir, NULL) == a->want;
+}
+
+static int file_gone(void *arg)
+{
+    struct stat st;
+    return stat(arg, &st) != 0 && errno == ENOENT;
+}
+
+/* The stored bytes of a message (NUL-terminated). */
+static char *msg_text(struct spool_msg *m)
+{
+    char *t = xmalloc(m->env.size + 1);
+    assert_int_equal(spool_msg_pread(m, t, m->env.size, 0), (ssize_t)m->env.size);
+    t[m->env.size] = '\0';
+    return t;
+}
+
+/* A temp dir with a spool, a working Maildir (mail/) and a broken one
+ * (blocker/mail, where blocker is a regular file). */
+struct qfix {
+    char *dir, *sp, *md, *blocker, *badmd, *newd, *qd;
+    struct spool *s;
+};
+
+static void qfix_init(struct qfix *f)
+{
+    f->dir = make_tmpdir();
+    f->sp = path_of(f->dir, "spool");
+    f->md = path_of(f->dir, "mail");
+    f->blocker = path_of(f->dir, "blocker");
+    f->badmd = path_of(f->blocker, "mail");
+    f->newd = path_of(f->md, "new");
+    f->qd = path_of(f->sp, "queue");
+    FILE *fp = fopen(f->blocker, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    f->s = open_spool(f->sp);
+}
+
+static void qfix_free(struct qfix *f)
+{
+    spool_close(f->s);
+    rm_rf(f->dir);
+    char *v[] = {f->dir, f->sp, f->md, f->blocker, f->badmd, f->newd, f->qd};
+    for (size_t i = 0; i < ARRAY_LEN(v); i++)
+        free(v[i]);
+}
+
+/* ok.test (and the sender's domain) go to a working Maildir, everything
+ * else to a broken one. */
+static void two_way_cfg(struct test_cfg *tc, const char *badmd, const char *md)
+{
+    cfg_init(tc, badmd);
+    tc->t[1] = (struct transport_cfg){.name = "good", .type = "maildir", .line = 9, .path = (char *)md};
+    tc->r[1] = tc->r[0];
+    tc->r[0] = (struct route_cfg){.pattern = "ok.test", .transport = "good", .line = 10};
+    tc->c.ntransports = 2;
+    tc->c.nroutes = 2;
+    tc->c.queue.lifetime = 60;
 }
 
 /* ---- transport_stream ---------------------------------------------------------- */
@@ -747,16 +810,44 @@ static void test_queue_lifetime_and_corrupt(void **state)
     free_names(names, 1);
 
     /* accepted 2 minutes ago with a 1-minute lifetime: the temporary
-     * failure is final, the message is removed (not quarantined) */
+     * failure is final, the message is removed (not quarantined), and one
+     * DSN for both recipients takes its place (deferred in turn: the only
+     * transport is broken) */
     const char *rc[] = {"bob@dest.test", "carol@dest.test"};
     char id[QID_LEN + 1];
     commit_msg(s, id, "alice@example.test", rc, 2, "S: x\r\n\r\nb\r\n", 11, time(NULL) - 120);
     queue_submit(q, id);
-    struct count_arg qa = {qd, 0};
+    char *orig = path_of(qd, id);
+    assert_true(wait_for(file_gone, orig, 10000));
+    struct count_arg qa = {qd, 2};
     assert_true(wait_for(has_exactly, &qa, 10000));
     assert_int_equal(count_files(cd, NULL), 1);
     queue_stop(q);
     queue_free(q);
+    char **qn;
+    assert_int_equal(count_files(qd, &qn), 2);
+    assert_string_equal(qn[0] + QID_LEN, ""); /* DSNID, DSNID.st */
+    assert_string_equal(qn[1] + QID_LEN, ".st");
+    struct spool_msg *m;
+    char err[128];
+    assert_int_equal(spool_msg_open(s, qn[0], &m, err, sizeof(err)), 0);
+    assert_string_equal(m->env.mail_from, "");
+    assert_int_equal(m->env.nrcpts, 1);
+    assert_string_equal(m->env.rcpts[0].addr, "alice@example.test");
+    assert_int_equal(m->env.body, 1); /* 7BIT */
+    assert_int_equal(m->attempts[0], 1);
+    char *text = msg_text(m);
+    char want[256];
+    snprintf(want, sizeof(want), "\r\nX-Submitd-Queue-ID: %s\r\n", id);
+    assert_non_null(strstr(text, want));
+    assert_non_null(strstr(text, "\r\nFinal-Recipient: rfc822; bob@dest.test\r\nAction: failed\r\nStatus: 4.3.0\r\n"));
+    assert_non_null(strstr(text, "\r\nFinal-Recipient: rfc822; carol@dest.test\r\nAction: failed\r\n"));
+    assert_non_null(strstr(text, "Content-Type: message/rfc822\r\n\r\nReceived: from client.test"));
+    assert_non_null(strstr(text, "\r\nS: x\r\n\r\nb\r\n\r\n--=_submitd_"));
+    free(text);
+    spool_msg_close(m);
+    free_names(qn, 2);
+    free(orig);
     spool_close(s);
     free(sp);
     free(blocker);
@@ -773,20 +864,13 @@ static void test_queue_lifetime_and_corrupt(void **state)
 static void test_queue_routes(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
-    char *sp = path_of(dir, "spool"), *md = path_of(dir, "mail"), *blocker = path_of(dir, "blocker");
-    char *badmd = path_of(blocker, "mail"), *newd = path_of(md, "new"), *qd = path_of(sp, "queue");
-    FILE *f = fopen(blocker, "w");
-    assert_non_null(f);
-    fclose(f);
-    struct spool *s = open_spool(sp);
+    struct qfix fx;
+    qfix_init(&fx);
+    struct spool *s = fx.s;
+    const char *md = fx.md, *badmd = fx.badmd, *newd = fx.newd, *qd = fx.qd;
     struct test_cfg tc;
-    cfg_init(&tc, badmd);
-    tc.t[1] = (struct transport_cfg){.name = "good", .type = "maildir", .line = 9, .path = md};
-    tc.r[1] = tc.r[0];
-    tc.r[0] = (struct route_cfg){.pattern = "ok.test", .transport = "good", .line = 10};
-    tc.c.ntransports = 2;
-    tc.c.nroutes = 2;
+    two_way_cfg(&tc, badmd, md);
+    tc.c.queue.lifetime = 5 * 86400;
     struct queue *q = start_queue(s, &tc.c);
     const char *rc[] = {"far@elsewhere.test", "Near@OK.Test"};
     char id[QID_LEN + 1];
@@ -824,15 +908,317 @@ static void test_queue_routes(void **state)
     free(want);
     free(fp);
     free_names(names, 1);
-    spool_close(s);
-    free(sp);
-    free(md);
-    free(blocker);
-    free(badmd);
-    free(newd);
-    free(qd);
-    rm_rf(dir);
-    free(dir);
+    qfix_free(&fx);
+}
+
+/* ---- bounces and operator actions ------------------------------------------------- */
+
+
+static void commit_notify(struct spool *s, char id[QID_LEN + 1], const char *from, const char *rcpt,
+                          unsigned notify, int64_t received)
+{
+    struct envelope e;
+    envelope_init(&e);
+    qid_new(id);
+    memcpy(e.id, id, QID_LEN + 1);
+    e.mail_from = xstrdup(from);
+    e.received = received;
+    envelope_add_rcpt(&e, rcpt, notify, NULL);
+    const char *msg = "Subject: n\r\n\r\nnotify\r\n";
+    struct spool_writer *w = spool_writer_new(s, id);
+    assert_non_null(w);
+    spool_writer_write(w, msg, strlen(msg));
+    assert_int_equal(spool_commit(w, &e), 0);
+    envelope_free(&e);
+}
+
+/* Files in a Maildir's new/ whose text contains needle. */
+static int count_with(const char *newd, const char *needle)
+{
+    char **names;
+    int n = count_files(newd, &names), c = 0;
+    for (int i = 0; i < n; i++) {
+        char *p = path_of(newd, names[i]);
+        char *t = read_file_max(p, 1 << 20, NULL);
+        c += t && strstr(t, needle) != NULL;
+        free(t);
+        free(p);
+    }
+    free_names(names, n);
+    return c;
+}
+
+static int count_lines_with(const char *path, const char *prefix)
+{
+    char *t = read_file_max(path, 1 << 20, NULL);
+    int c = 0;
+    for (char *p = t; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : p + strlen(p))
+        c += strncmp(p, prefix, strlen(prefix)) == 0;
+    free(t);
+    return c;
+}
+
+struct lines_arg {
+    const char *path, *prefix;
+    int want;
+};
+
+static int has_lines(void *arg)
+{
+    struct lines_arg *a = arg;
+    return count_lines_with(a->path, a->prefix) >= a->want;
+}
+
+/* Splits req at spaces and runs it through the `queue` control verb. */
+static int ctl(struct queue *q, const char *req, char **text)
+{
+    char buf[512];
+    str_copy(buf, req, sizeof(buf));
+    char *argv[16];
+    int argc = 0;
+    for (char *save = NULL, *p = strtok_r(buf, " ", &save); p && argc < 16; p = strtok_r(NULL, " ", &save))
+        argv[argc++] = p;
+    struct strbuf out;
+    sb_init(&out);
+    int rc = queue_control(q, argc, argv, &out);
+    *text = sb_steal(&out);
+    return rc;
+}
+
+/* Failures and expiry bounce once per message and batch, to the sender,
+ * through the routes; a recorded report is not repeated after a restart,
+ * a missing one is made up for; never for the null sender or a NOTIFY
+ * without FAILURE; a delay warning once. */
+static void test_queue_bounces(void **state)
+{
+    (void)state;
+    struct qfix fx;
+    qfix_init(&fx);
+    struct spool *s = fx.s;
+    const char *md = fx.md, *badmd = fx.badmd, *newd = fx.newd, *qd = fx.qd;
+    int64_t now = (int64_t)time(NULL);
+    char a[QID_LEN + 1], b[QID_LEN + 1], c[QID_LEN + 1], d[QID_LEN + 1], e[QID_LEN + 1], fd[QID_LEN + 1];
+    /* A: expired -> one DSN */
+    commit_notify(s, a, "alice@ok.test", "x@far.test", 0, now - 120);
+    /* B, C: a failure recorded before a crash; B's report recorded too */
+    const char *rc2[] = {"y@far.test", "z@ok.test"};
+    const char *msg = "Subject: bc\r\n\r\nbody\r\n";
+    commit_msg(s, b, "alice@ok.test", rc2, 2, msg, strlen(msg), now);
+    commit_msg(s, c, "alice@ok.test", rc2, 2, msg, strlen(msg), now);
+    for (int k = 0; k < 2; k++) {
+        struct spool_msg *m;
+        char err[128];
+        assert_int_equal(spool_msg_open(s, k ? c : b, &m, err, sizeof(err)), 0);
+        assert_int_equal(spool_mark_failed(s, m, 0, "550 5.1.1 gone"), 0);
+        size_t zero = 0;
+        if (k == 0)
+            assert_int_equal(spool_mark_reported(s, m, &zero, 1, SPOOL_REPORTED_FAILED, a), 0);
+        spool_msg_close(m);
+    }
+    /* D: null sender; E: NOTIFY=SUCCESS,DELAY; both expired: no DSN */
+    commit_notify(s, d, "", "x@far.test", 0, now - 120);
+    commit_notify(s, e, "alice@ok.test", "x@far.test", 2 | 8, now - 120);
+    /* F: deferred for 10 s already, delay-warning 1 s: one warning */
+    commit_notify(s, fd, "alice@ok.test", "w@far.test", 0, now - 10);
+
+    struct test_cfg tc;
+    two_way_cfg(&tc, badmd, md);
+    tc.c.queue.delay_warning = 1;
+    struct queue *q = start_queue(s, &tc.c); /* the scan finds all six */
+    struct count_arg ma = {newd, 5}, qa = {qd, 2};
+    assert_true(wait_for(has_files, &ma, 10000));
+    assert_true(wait_for(has_exactly, &qa, 10000)); /* only F and F.st left */
+    char *fst = path_of(qd, fd);
+    char fstst[600];
+    snprintf(fstst, sizeof(fstst), "%s.st", fst);
+    struct lines_arg la = {fstst, "reported 0 ", 1};
+    assert_true(wait_for(has_lines, &la, 10000));
+    /* F again: deferred again, but warned only once */
+    char *t;
+    char req[64];
+    snprintf(req, sizeof(req), "queue flush %s", fd);
+    assert_int_equal(ctl(q, req, &t), 0);
+    assert_string_equal(t, "flushed 1 message\n");
+    free(t);
+    struct lines_arg lr = {fstst, "retry 0 ", 2};
+    assert_true(wait_for(has_lines, &lr, 10000));
+    queue_stop(q);
+    queue_free(q);
+    assert_int_equal(count_files(qd, NULL), 2);
+    assert_int_equal(count_files(newd, NULL), 5);
+    assert_int_equal(count_lines_with(fstst, "reported 0 "), 1);
+
+    /* A's, C's and F's DSNs (to the sender, from the null sender) and B's
+     * and C's z@ok.test copies */
+    assert_int_equal(count_with(newd, "Return-Path: <>\nDelivered-To: <alice@ok.test>\n"), 3);
+    assert_int_equal(count_with(newd, "Delivered-To: <z@ok.test>\n"), 2);
+    char want[128];
+    snprintf(want, sizeof(want), "\nX-Submitd-Queue-ID: %s\n", a);
+    assert_int_equal(count_with(newd, want), 1);
+    snprintf(want, sizeof(want), "\nX-Submitd-Queue-ID: %s\n", c);
+    assert_int_equal(count_with(newd, want), 1);
+    snprintf(want, sizeof(want), "\nX-Submitd-Queue-ID: %s\n", fd);
+    assert_int_equal(count_with(newd, want), 1);
+    assert_int_equal(count_with(newd, "\nSubject: Undelivered Mail Returned to Sender\n"), 2);
+    assert_int_equal(count_with(newd, "\nSubject: Delayed Mail (still being retried)\n"), 1);
+    assert_int_equal(count_with(newd, "\nAuto-Submitted: auto-replied\n"), 3);
+    assert_int_equal(count_with(newd, "\nFrom: Mail Delivery System <MAILER-DAEMON@mx.test>\n"), 3);
+    /* C's report comes from the status log: the recorded reply, permanent */
+    assert_int_equal(count_with(newd, "\nFinal-Recipient: rfc822; y@far.test\nAction: failed\nStatus: 5.1.1\n"
+                                      "Diagnostic-Code: smtp; 550 5.1.1 gone\n"),
+                     1);
+    assert_int_equal(count_with(newd, "\nFinal-Recipient: rfc822; w@far.test\nAction: delayed\nStatus: 4.3.0\n"), 1);
+    assert_int_equal(count_with(newd, "\nFinal-Recipient: rfc822; x@far.test\nAction: failed\nStatus: 4.3.0\n"), 1);
+    free(fst);
+    qfix_free(&fx);
+}
+
+struct ctl_arg {
+    struct queue *q;
+    const char *req, *want;
+};
+
+static int ctl_says(void *arg)
+{
+    struct ctl_arg *a = arg;
+    char *t;
+    ctl(a->q, a->req, &t);
+    int ok = strstr(t, a->want) != NULL;
+    free(t);
+    return ok;
+}
+
+/* hold (durable across a restart), show, list, release, flush, delete,
+ * queue_submit_held, and the control verb's errors. */
+static void test_queue_operator(void **state)
+{
+    (void)state;
+    struct qfix fx;
+    qfix_init(&fx);
+    struct spool *s = fx.s;
+    const char *md = fx.md, *badmd = fx.badmd, *newd = fx.newd, *qd = fx.qd;
+    struct test_cfg tc;
+    two_way_cfg(&tc, badmd, md);
+    tc.c.queue.lifetime = 3600;
+    struct queue *q = start_queue(s, &tc.c);
+    char *t, req[128];
+
+    /* held at submission: never delivered, the hold is in the status log */
+    const char *ok1[] = {"u@ok.test"};
+    char h[QID_LEN + 1];
+    commit_msg(s, h, "alice@example.test", ok1, 1, "S: h\r\n\r\nh\r\n", 12, time(NULL));
+    assert_int_equal(queue_submit_held(q, h, "abuse: 500 messages in 1m"), 0);
+    char *hst = path_of(qd, h);
+    char hstst[600];
+    snprintf(hstst, sizeof(hstst), "%s.st", hst);
+    assert_int_equal(count_lines_with(hstst, "hold "), 1);
+    snprintf(req, sizeof(req), "queue show %s", h);
+    assert_int_equal(ctl(q, req, &t), 0);
+    assert_non_null(strstr(t, "\nstate: held\nhold-reason: abuse: 500 messages in 1m\nnext-try: -\n"));
+    assert_non_null(strstr(t, "\nsender: <alice@example.test>\n"));
+    assert_non_null(strstr(t, "\nrcpt 0 <u@ok.test> pending attempts=0\n"));
+    free(t);
+    assert_int_equal(ctl(q, "queue list", &t), 0);
+    assert_true(strncmp(t, "ID               AGE    SIZE   PEND DONE FAIL STATE   NEXT     SENDER\n", 70) == 0);
+    snprintf(req, sizeof(req), "\n%s 0s     12     1    0    0    held    -        <alice@example.test>\n", h);
+    assert_non_null(strstr(t, req));
+    assert_non_null(strstr(t, "\n1 message, 1 held\n"));
+    free(t);
+
+    /* a restart: still held (found by the scan, skipped by its run) */
+    queue_stop(q);
+    queue_free(q);
+    q = start_queue(s, &tc.c);
+    snprintf(req, sizeof(req), "queue flush %s", h);
+    struct ctl_arg held_arg = {q, req, "held; release it to deliver it"};
+    assert_true(wait_for(ctl_says, &held_arg, 10000));
+    assert_int_equal(count_files(newd, NULL), 0);
+    snprintf(req, sizeof(req), "queue hold %s again", h);
+    assert_int_equal(ctl(q, req, &t), 0);
+    snprintf(req, sizeof(req), "%s: was already held\n", h);
+    assert_string_equal(t, req);
+    free(t);
+    assert_int_equal(queue_release(q, h), 0);
+    struct count_arg one = {newd, 1};
+    assert_true(wait_for(has_files, &one, 10000));
+    assert_true(wait_for(file_gone, hst, 10000));
+    snprintf(req, sizeof(req), "queue show %s", h);
+    char gone[64];
+    snprintf(gone, sizeof(gone), "unknown queue id %s\n", h); /* not "(just removed)": its run has ended */
+    struct ctl_arg gone_arg = {q, req, gone};
+    assert_true(wait_for(ctl_says, &gone_arg, 10000));
+    assert_int_equal(queue_hold(q, h, "gone"), -1);
+    assert_int_equal(errno, ENOENT);
+
+    /* deferred to a broken route: flush after fixing the route delivers at once */
+    const char *far[] = {"v@far.test"};
+    char r[QID_LEN + 1];
+    commit_msg(s, r, "alice@example.test", far, 1, "S: r\r\n\r\nr\r\n", 12, time(NULL));
+    queue_submit(q, r);
+    char rst[600];
+    snprintf(rst, sizeof(rst), "%s/%s.st", qd, r);
+    struct lines_arg lr = {rst, "retry 0 ", 1};
+    assert_true(wait_for(has_lines, &lr, 10000));
+    snprintf(req, sizeof(req), "queue show %s", r);
+    struct ctl_arg show_arg = {q, req, "\nstate: queued\nnext-try: in 5m\n"};
+    assert_true(wait_for(ctl_says, &show_arg, 10000));
+    assert_int_equal(ctl(q, req, &t), 0);
+    assert_non_null(strstr(t, "\nrcpt 0 <v@far.test> pending attempts=1 next-try="));
+    assert_non_null(strstr(t, "\n  last-reply: 451 4.3.0 maildir "));
+    free(t);
+    struct test_cfg fixed;
+    cfg_init(&fixed, md);
+    struct errlist errs;
+    errlist_init(&errs);
+    assert_int_equal(queue_reload(q, &fixed.c, &errs), 0);
+    errlist_free(&errs);
+    assert_int_equal(ctl(q, "queue flush", &t), 0);
+    assert_string_equal(t, "flushed 1 message\n");
+    free(t);
+    struct count_arg two = {newd, 2};
+    assert_true(wait_for(has_files, &two, 10000));
+
+    /* delete: gone without a bounce */
+    struct errlist errs2;
+    errlist_init(&errs2);
+    assert_int_equal(queue_reload(q, &tc.c, &errs2), 0);
+    errlist_free(&errs2);
+    char x[QID_LEN + 1];
+    commit_msg(s, x, "alice@ok.test", far, 1, "S: x\r\n\r\nx\r\n", 12, time(NULL));
+    queue_submit(q, x);
+    snprintf(rst, sizeof(rst), "%s/%s.st", qd, x);
+    assert_true(wait_for(has_lines, &lr, 10000));
+    snprintf(req, sizeof(req), "queue delete %s", x);
+    assert_int_equal(ctl(q, req, &t), 0);
+    assert_true(strstr(t, ": deleted (no bounce)\n") || strstr(t, "when the delivery in progress ends"));
+    free(t);
+    struct count_arg none = {qd, 0};
+    assert_true(wait_for(has_exactly, &none, 10000));
+    assert_int_equal(ctl(q, "queue list", &t), 0);
+    assert_non_null(strstr(t, "\n0 messages, 0 held\n"));
+    free(t);
+
+    /* errors */
+    assert_int_equal(ctl(q, "queue show 0123456789ABCDEF", &t), -1);
+    assert_string_equal(t, "unknown queue id 0123456789ABCDEF\n");
+    free(t);
+    assert_int_equal(ctl(q, "queue release nope", &t), -1);
+    assert_string_equal(t, "unknown queue id nope\n");
+    free(t);
+    assert_int_equal(ctl(q, "queue flush 0123456789ABCDEF", &t), -1);
+    free(t);
+    assert_int_equal(ctl(q, "queue bogus", &t), -1);
+    assert_string_equal(t, "usage: queue list | show ID | flush [ID] | hold ID [REASON...] | release ID | delete ID\n");
+    free(t);
+    assert_int_equal(ctl(q, "queue hold", &t), -1);
+    free(t);
+    assert_int_equal(ctl(q, "queue", &t), -1);
+    free(t);
+    queue_stop(q);
+    queue_free(q);
+    assert_int_equal(count_files(newd, NULL), 2);
+    free(hst);
+    qfix_free(&fx);
 }
 
 static void test_queue_new_errors(void **state)
@@ -868,6 +1254,8 @@ int main(void)
         cmocka_unit_test(test_queue_lifetime_and_corrupt),
         cmocka_unit_test(test_queue_routes),
         cmocka_unit_test(test_queue_new_errors),
+        cmocka_unit_test(test_queue_bounces),
+        cmocka_unit_test(test_queue_operator),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,8 @@
 /* Unit tests for the spool: the envelope codec (round trips with nasty
  * values, strict decode errors), writer + commit + open + pread, abort and
  * commit failures leaving nothing behind, torn/foreign/corrupt files, the
- * .st status log (replay, torn last record, bad records), remove,
+ * .st status log (replay, torn last record, bad records; hold, release
+ * and reported records, read-only peeks), remove,
  * quarantine, scan order and tmp/ clean-up at open. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -626,6 +627,119 @@ static void test_status_log(void **state)
     free(dir);
 }
 
+/* CRC-32 (IEEE) computed here, independently of the code under test. */
+static void crc_line(const char *payload, char *out, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (const char *q = payload; *q; q++) {
+        c ^= (unsigned char)*q;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
+    }
+    snprintf(out, n, "%s %08x\n", payload, (unsigned)~c);
+}
+
+/* The records added by issue 3: hold/release, reported; the replayed
+ * last reply and time per recipient; read-only peeks. */
+static void test_status_log_hold_and_reports(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    char id[QID_LEN + 1], dsn[QID_LEN + 1], st[512], err[160];
+    commit_msg(s, id, "Subject: x\r\n\r\nbody\r\n", 20, 3);
+    qid_new(dsn);
+    snprintf(st, sizeof(st), "%s/queue/%s.st", dir, id);
+    struct spool_msg *m;
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_int_equal(m->held, 0);
+    assert_null(m->hold_reason);
+    assert_int_equal(spool_mark_retry(s, m, 0, 1800000000, "451 4.2.0 busy"), 0);
+    assert_int_equal(spool_mark_failed(s, m, 1, "550 5.1.1 no"), 0);
+    assert_string_equal(m->last_reply[1], "550 5.1.1 no");
+    assert_true(m->last_try[1] >= (int64_t)time(NULL) - 5);
+    assert_int_equal(spool_mark_hold(s, m, "abuse \"x\"\n"), 0);
+    assert_int_equal(m->held, 1);
+    assert_string_equal(m->hold_reason, "abuse \"x\"\n");
+    size_t idx[2] = {1, 0};
+    assert_int_equal(spool_mark_reported(s, m, idx, 2, SPOOL_REPORTED_FAILED, dsn), 0);
+    assert_int_equal(spool_mark_reported(s, m, idx, 1, SPOOL_REPORTED_DELAYED, NULL), 0);
+    assert_int_equal(m->reported[0], SPOOL_REPORTED_FAILED);
+    assert_int_equal(m->reported[1], SPOOL_REPORTED_FAILED | SPOOL_REPORTED_DELAYED);
+    errno = 0;
+    assert_int_equal(spool_mark_reported(s, m, idx, 1, 4, NULL), -1);
+    assert_int_equal(errno, EINVAL);
+    size_t bad = 7;
+    assert_int_equal(spool_mark_reported(s, m, &bad, 1, SPOOL_REPORTED_FAILED, NULL), -1);
+    assert_int_equal(spool_mark_reported(s, m, idx, 1, SPOOL_REPORTED_FAILED, "not-an-id"), -1);
+    spool_msg_close(m);
+
+    /* the records as written: one line each, strings escaped */
+    char *text = read_file_max(st, 1 << 16, NULL);
+    assert_non_null(text);
+    char want[256];
+    assert_non_null(strstr(text, "\nhold "));
+    assert_non_null(strstr(text, " \"abuse \\x22x\\x22\\x0a\" "));
+    snprintf(want, sizeof(want), " failed \"%s\" ", dsn);
+    assert_non_null(strstr(text, "\nreported 1 "));
+    assert_non_null(strstr(text, "\nreported 0 "));
+    assert_non_null(strstr(text, want));
+    assert_non_null(strstr(text, " delayed - "));
+    int lines = 0;
+    for (char *p = text; *p; p++)
+        lines += *p == '\n';
+    assert_int_equal(lines, 6);
+    free(text);
+
+    /* replay */
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_int_equal(m->held, 1);
+    assert_string_equal(m->hold_reason, "abuse \"x\"\n");
+    assert_int_equal(m->reported[0], SPOOL_REPORTED_FAILED);
+    assert_int_equal(m->reported[1], SPOOL_REPORTED_FAILED | SPOOL_REPORTED_DELAYED);
+    assert_int_equal(m->reported[2], 0);
+    assert_string_equal(m->last_reply[0], "451 4.2.0 busy");
+    assert_string_equal(m->last_reply[1], "550 5.1.1 no");
+    assert_null(m->last_reply[2]);
+    assert_true(m->last_try[0] > 0);
+    assert_int_equal(m->last_try[2], 0);
+    assert_int_equal(m->state[1], RCPT_FAILED);
+    assert_int_equal(spool_mark_release(s, m), 0);
+    assert_int_equal(m->held, 0);
+    spool_msg_close(m);
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_int_equal(m->held, 0);
+    spool_msg_close(m);
+
+    /* a peek skips a torn last record without cutting it, and never writes */
+    off_t good = file_size(st);
+    write_file(st, "done 2 17", 9, 1);
+    assert_int_equal(spool_msg_peek(s, id, &m, err, sizeof(err)), 0);
+    assert_int_equal(m->state[2], RCPT_PENDING);
+    assert_int_equal(m->reported[1], SPOOL_REPORTED_FAILED | SPOOL_REPORTED_DELAYED);
+    errno = 0;
+    assert_int_equal(spool_mark_done(s, m, 2), -1);
+    assert_int_equal(errno, EROFS);
+    assert_int_equal(spool_mark_hold(s, m, "x"), -1);
+    spool_msg_close(m);
+    assert_int_equal(file_size(st), good + 9);
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0); /* a writer cuts it */
+    spool_msg_close(m);
+    assert_int_equal(file_size(st), good);
+
+    /* checksummed but unknown `reported` kind: not ours */
+    char line[128];
+    crc_line("reported 0 17 bounced -", line, sizeof(line));
+    write_file(st, line, strlen(line), 1);
+    errno = 0;
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), -1);
+    assert_int_equal(errno, EBADMSG);
+    assert_int_equal(spool_msg_peek(s, id, &m, err, sizeof(err)), -1);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
 static void test_corrupt_files(void **state)
 {
     (void)state;
@@ -778,6 +892,7 @@ int main(void)
         cmocka_unit_test(test_commit_open_pread),
         cmocka_unit_test(test_abort_and_commit_failures),
         cmocka_unit_test(test_status_log),
+        cmocka_unit_test(test_status_log_hold_and_reports),
         cmocka_unit_test(test_corrupt_files),
         cmocka_unit_test(test_scan_and_open_cleanup),
     };
