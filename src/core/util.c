@@ -346,3 +346,14 @@ char *read_file_max(const char *path, size_t max, size_t *len_out)
         *len_out = b.len;
     return sb_steal(&b);
 }
+
+void path_dir(const char *path, char *dir, size_t n)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        str_copy(dir, ".", n);
+    else if (slash == path)
+        str_copy(dir, "/", n);
+    else
+        snprintf(dir, n, "%.*s", (int)(slash - path), path);
+}

@@ -77,5 +77,7 @@ void rfc5322_date(time_t t, char *buf, size_t n);
 int write_all(int fd, const void *buf, size_t n);
 /* Reads a whole small file (max bytes) into a NUL-terminated buffer. */
 char *read_file_max(const char *path, size_t max, size_t *len_out);
+/* The directory part of path into dir: "." when there is none, "/" for "/x". */
+void path_dir(const char *path, char *dir, size_t n);
 
 #endif

@@ -38,7 +38,7 @@ int policy_check_mail(const struct policy_req *req, struct policy_reply *reply)
 
 /* Authenticated sessions may send anywhere; unauthenticated ones never
  * reach RCPT (MAIL needs AUTH), so there is no relay check to make yet.
- * The table is the hook for recipient-side limits. */
+ * Recipient limits are the abuse module's (see policy.h). */
 int policy_check_rcpt(const struct policy_req *req, struct policy_reply *reply)
 {
     (void)req;

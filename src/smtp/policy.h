@@ -1,7 +1,9 @@
 /* policy: the checks that run before a MAIL or RCPT reply is sent. Each
  * stage has a table of check functions; the first one that refuses sets
- * the reply. The sender-ownership rule lives here now; rate limits and
- * abuse controls plug in as more entries of these tables. */
+ * the reply. The sender-ownership rule lives here. The abuse limits
+ * (src/abuse: messages and recipients per account) run right after these
+ * checks, from session.c, because with a Redis backend they answer
+ * asynchronously while these are synchronous. */
 #ifndef SUBMITD_POLICY_H
 #define SUBMITD_POLICY_H
 

@@ -9,7 +9,11 @@
  * handing blocking work (password verification, spool commit) to job
  * threads. While a job is out the session stops reading so that pipelined
  * commands are answered in order; a session whose client went away while a
- * job was out is freed when the job comes back. */
+ * job was out is freed when the job comes back. The abuse controls
+ * (src/abuse) are consulted at connect (before the greeting), AUTH (in the
+ * AUTH job: blocks, attempt limits, failures and their delay), MAIL, RCPT
+ * and the end of data (in the commit job: bytes, detection, hold); a
+ * check that has to ask Redis parks the session in ST_LIMIT_WAIT. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -20,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "abuse/abuse.h"
 #include "auth/authcache.h"
 #include "auth/passwd.h"
 #include "auth/sasl.h"
@@ -32,7 +37,6 @@
 #include "smtp/server.h"
 
 #define OUT_HIGH_WATER (64 * 1024) /* stop reading commands past this much unsent output */
-#define AUTHFAIL_TTL_MS (15 * 60 * 1000)
 
 enum sstate {
     ST_TLS_HANDSHAKE = 0, /* implicit TLS or after STARTTLS */
@@ -45,11 +49,12 @@ enum sstate {
     ST_DATA,              /* reading DATA content */
     ST_BDAT,              /* reading a BDAT chunk */
     ST_COMMIT,            /* spool commit on a job thread */
-    ST_CLOSING            /* flushing the last reply, then close */
+    ST_CLOSING,           /* flushing the last reply, then close */
+    ST_LIMIT_WAIT         /* an abuse check asking Redis (connect, MAIL, RCPT) */
 };
 
 static const char *const state_names[] = {"tls-handshake", "greeted", "ready", "auth", "auth-wait", "mail",
-                                          "rcpt", "data", "bdat", "commit", "closing"};
+                                          "rcpt", "data", "bdat", "commit", "closing", "limit-wait"};
 
 struct txn {
     struct envelope env;
@@ -64,9 +69,13 @@ struct txn {
     uint64_t chunk_size;
     void *hook_state[MSG_HOOKS_MAX];
     int hooks_started;
-    int result;            /* commit job result */
+    int result;            /* commit job result (COMMIT_REFUSED: abuse.reply) */
     int result_errno;
+    struct abuse_msg abuse; /* end-of-data checks, in the commit job */
+    int held;              /* 1 queued held, -1 holding failed */
 };
+
+enum { COMMIT_REFUSED = -2 };
 
 enum { BDAT_BAD_SEQUENCE = 1, BDAT_DROP = 2 };
 
@@ -101,7 +110,10 @@ struct session {
     int dead;                      /* connection gone, waiting for a job */
     int shutdown_requested;
     struct event *timer;           /* AUTH failure delay; deferred close */
-    int auth_result;               /* from the job: 1 ok, 0 bad, 2 suspended */
+    struct abuse_call ab;          /* connect/MAIL/RCPT limit check */
+    enum sstate ab_prev;           /* state to return to after ST_LIMIT_WAIT */
+    void (*ab_resume)(struct session *s);
+    struct rcpt_args ab_rcpt;      /* RCPT waiting for its check */
 };
 
 struct cmd_def {
@@ -183,6 +195,48 @@ static void replyf(struct session *s, int err, const char *fmt, ...)
 static unsigned idle_ms(const struct session *s)
 {
     return s->snap.cfg->limits.idle_timeout * 1000u;
+}
+
+/* ---- abuse checks (connect, MAIL, RCPT) ------------------------------------ */
+
+static void limit_done(void *arg)
+{
+    struct session *s = arg;
+    s->job_pending = 0;
+    if (s->dead) {
+        session_free(s);
+        return;
+    }
+    set_state(s, s->ab_prev);
+    s->ab_resume(s);
+    if (s->state == ST_CLOSING)
+        return;
+    io_set_timeouts(s->io, idle_ms(s), idle_ms(s));
+    io_read_enable(s->io, 1);
+    process(s);
+}
+
+/* Runs the abuse check of `stage`; resume(s) answers with s->ab's verdict,
+ * now or when the backend has answered (the session waits meanwhile). */
+static void limit_check(struct session *s, enum abuse_stage stage, uint64_t size, void (*resume)(struct session *s))
+{
+    struct abuse_call *c = &s->ab;
+    c->cfg = s->snap.cfg;
+    c->stage = stage;
+    c->sa = (const struct sockaddr *)&s->sa;
+    c->login = s->login;
+    c->size = size;
+    c->lc = &s->lc;
+    if (abuse_check(s->srv->abuse, c, s->w->home, limit_done, s) == ABUSE_DONE) {
+        resume(s);
+        return;
+    }
+    s->ab_prev = s->state;
+    s->ab_resume = resume;
+    set_state(s, ST_LIMIT_WAIT);
+    io_read_enable(s->io, 0);
+    io_set_timeouts(s->io, 0, 0);
+    s->job_pending = 1;
 }
 
 /* ---- transaction -------------------------------------------------------- */
@@ -292,10 +346,21 @@ static void commit_work(void *arg)
 {
     struct session *s = arg;
     struct spool_writer *w = s->txn.w;
+    struct abuse_msg *m = &s->txn.abuse;
     s->txn.w = NULL; /* spool_commit frees it either way */
+    *m = (struct abuse_msg){.cfg = s->snap.cfg, .sa = (const struct sockaddr *)&s->sa, .login = s->login,
+                            .env = &s->txn.env, .size = s->txn.env.size, .lc = &s->lc};
+    abuse_message(s->srv->abuse, m); /* bytes limit and detection; may ask Redis */
+    if (m->refused) {
+        spool_writer_abort(w);
+        s->txn.result = COMMIT_REFUSED;
+        return;
+    }
     errno = 0;
     s->txn.result = spool_commit(w, &s->txn.env);
     s->txn.result_errno = errno;
+    if (s->txn.result == 0 && m->hold) /* durable before the 250 */
+        s->txn.held = queue_submit_held(s->srv->queue, s->txn.env.id, m->reason) == 0 ? 1 : -1;
 }
 
 static void commit_done(void *arg)
@@ -304,10 +369,16 @@ static void commit_done(void *arg)
     s->job_pending = 0;
     char q[LOGQ_MAX];
     if (s->txn.result == 0) {
-        logkv(LOG_LVL_INFO, &s->lc, "queued", "from=<%s> nrcpt=%zu size=%llu",
-              log_q(q, sizeof(q), s->txn.env.mail_from), s->txn.env.nrcpts, (unsigned long long)s->txn.env.size);
-        queue_submit(s->srv->queue, s->txn.env.id);
+        logkv(LOG_LVL_INFO, &s->lc, "queued", "from=<%s> nrcpt=%zu size=%llu%s",
+              log_q(q, sizeof(q), s->txn.env.mail_from), s->txn.env.nrcpts, (unsigned long long)s->txn.env.size,
+              s->txn.held == 1 ? " held=abuse" : "");
+        if (s->txn.held == -1) /* committed, but the hold could not be recorded: deliver rather than strand it */
+            logkv(LOG_LVL_ERR, &s->lc, "abuse.hold_failed", "note=\"delivering it normally\"");
+        if (s->txn.held != 1)
+            queue_submit(s->srv->queue, s->txn.env.id);
         replyf(s, 0, "250 2.0.0 Ok: queued as %s", s->txn.env.id);
+    } else if (s->txn.result == COMMIT_REFUSED) {
+        reply(s, s->txn.abuse.reply);
     } else {
         logkv(LOG_LVL_ERR, &s->lc, "spool.commit_failed", "error=%s",
               log_q(q, sizeof(q), strerror(s->txn.result_errno)));
@@ -463,6 +534,8 @@ static int feed_bdat(struct session *s)
 
 /* ---- AUTH ---------------------------------------------------------------- */
 
+enum { AUTH_BAD = 0, AUTH_OK = 1, AUTH_SUSPENDED = 2, AUTH_REFUSED = 3 /* abuse: blocked or over a limit */ };
+
 struct auth_job {
     struct session *s;
     struct accounts *acc;
@@ -470,32 +543,45 @@ struct auth_job {
     char pass[SASL_PASS_MAX + 1];
     const struct account *account;
     struct authcache *cache;
+    struct abuse *abuse;
+    struct abuse_auth ab;
+    int cache_hit; /* verified from the cache already (inline fast path) */
     int result;
 };
 
+/* The abuse checks around the verification. On an AUTH job thread, or
+ * inline for a cache hit when the checks cannot block. */
 static void auth_work(void *arg)
 {
     struct auth_job *j = arg;
+    abuse_auth_begin(j->abuse, &j->ab);
+    if (j->ab.refused) {
+        mem_wipe(j->pass, sizeof(j->pass));
+        j->result = AUTH_REFUSED;
+        return;
+    }
     const struct account *a = j->acc ? accounts_find(j->acc, j->login) : NULL;
     if (!a) {
         passwd_verify_dummy(j->pass);
-        j->result = 0;
+        j->result = AUTH_BAD;
     } else {
-        int r = passwd_verify(a->hash, j->pass);
-        if (r == 1)
+        int r = j->cache_hit ? 1 : passwd_verify(a->hash, j->pass);
+        if (r == 1 && !j->cache_hit)
             authcache_put(j->cache, a->login, j->pass, a->hash);
-        j->result = r == 1 ? (a->suspended ? 2 : 1) : 0;
+        j->result = r == 1 ? (a->suspended ? AUTH_SUSPENDED : AUTH_OK) : AUTH_BAD;
         j->account = a;
     }
     mem_wipe(j->pass, sizeof(j->pass));
+    abuse_auth_end(j->abuse, &j->ab, j->result != AUTH_BAD);
+    if (j->result == AUTH_OK && j->ab.suspended)
+        j->result = AUTH_SUSPENDED; /* suspended by the abuse controls */
 }
 
-static void auth_fail_reply(evutil_socket_t fd, short what, void *arg)
+/* After a failed or refused AUTH: the reply, the per-session limit, then
+ * reading again (unless called from inside the input loop). */
+static void auth_failed_reply(struct session *s, const char *text, int inline_call)
 {
-    struct session *s = arg;
-    (void)fd;
-    (void)what;
-    reply(s, "535 5.7.8 Authentication credentials invalid");
+    reply(s, text);
     if (s->auth_failures >= s->snap.cfg->limits.auth_failures) {
         logkv(LOG_LVL_WARN, &s->lc, "auth.too_many_failures", "failures=%u", s->auth_failures);
         reply(s, "421 4.7.0 Too many failed authentication attempts, closing connection");
@@ -503,9 +589,19 @@ static void auth_fail_reply(evutil_socket_t fd, short what, void *arg)
         return;
     }
     set_state(s, s->ehlo ? ST_READY : ST_GREETED);
+    if (inline_call)
+        return;
     io_set_timeouts(s->io, idle_ms(s), idle_ms(s));
     io_read_enable(s->io, 1);
     process(s);
+}
+
+/* The failure delay is over. */
+static void auth_fail_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    auth_failed_reply(arg, "535 5.7.8 Authentication credentials invalid", 0);
 }
 
 /* Takes over the reference `acc`. `cached`: called from inside the input
@@ -518,7 +614,6 @@ static void auth_success(struct session *s, struct accounts *acc, const struct a
     s->account = a;
     str_copy(s->login, login, sizeof(s->login));
     s->lc.user = s->login;
-    iptable_clear(s->srv->authfail, (struct sockaddr *)&s->sa);
     logkv(LOG_LVL_INFO, &s->lc, "auth.ok", "login=%s cached=%d", log_q(q, sizeof(q), login), cached);
     reply(s, "235 2.7.0 Authentication successful");
     set_state(s, ST_READY);
@@ -527,6 +622,48 @@ static void auth_success(struct session *s, struct accounts *acc, const struct a
     io_set_timeouts(s->io, idle_ms(s), idle_ms(s));
     io_read_enable(s->io, 1);
     process(s);
+}
+
+/* The verdict of auth_work, on the session's loop; `cached`: inline. */
+static void auth_finish(struct session *s, struct auth_job *j, int cached)
+{
+    if (j->result == AUTH_OK) {
+        auth_success(s, j->acc, j->account, j->login, cached);
+        free(j);
+        return;
+    }
+    char q[LOGQ_MAX];
+    accounts_unref(j->acc);
+    if (j->result == AUTH_SUSPENDED) {
+        logkv(LOG_LVL_WARN, &s->lc, "auth.suspended", "login=%s", log_q(q, sizeof(q), j->login));
+        free(j);
+        reply_err(s, "525 5.7.13 User account disabled");
+        if (s->state != ST_CLOSING) {
+            set_state(s, ST_READY);
+            if (!cached) {
+                io_set_timeouts(s->io, idle_ms(s), idle_ms(s));
+                io_read_enable(s->io, 1);
+                process(s);
+            }
+        }
+        return;
+    }
+    s->auth_failures++;
+    if (j->result == AUTH_REFUSED) {
+        logkv(LOG_LVL_WARN, &s->lc, "auth.refused", "login=%s reply=%s", log_q(q, sizeof(q), j->login),
+              log_q((char[LOGQ_MAX]){0}, LOGQ_MAX, j->ab.reply));
+        char text[ABUSE_REPLY_MAX];
+        str_copy(text, j->ab.reply, sizeof(text));
+        free(j);
+        auth_failed_reply(s, text, cached);
+        return;
+    }
+    unsigned delay = j->ab.delay_ms;
+    logkv(LOG_LVL_WARN, &s->lc, "auth.failed", "login=%s ip_failures=%u delay_ms=%u", log_q(q, sizeof(q), j->login),
+          j->ab.failures, delay);
+    free(j);
+    struct timeval tv = {(time_t)(delay / 1000), (suseconds_t)((delay % 1000) * 1000)};
+    evtimer_add(s->timer, &tv);
 }
 
 static void auth_done(void *arg)
@@ -540,37 +677,7 @@ static void auth_done(void *arg)
         session_free(s);
         return;
     }
-    if (j->result == 1) {
-        auth_success(s, j->acc, j->account, j->login, 0);
-        free(j);
-        return;
-    }
-    char q[LOGQ_MAX];
-    accounts_unref(j->acc);
-    if (j->result == 2) {
-        logkv(LOG_LVL_WARN, &s->lc, "auth.suspended", "login=%s", log_q(q, sizeof(q), j->login));
-        free(j);
-        reply_err(s, "525 5.7.13 User account disabled");
-        if (s->state != ST_CLOSING) {
-            set_state(s, ST_READY);
-            io_read_enable(s->io, 1);
-            process(s);
-        }
-        return;
-    }
-    s->auth_failures++;
-    unsigned n = iptable_add(s->srv->authfail, (struct sockaddr *)&s->sa, 1, AUTHFAIL_TTL_MS);
-    const struct limits_cfg *L = &s->snap.cfg->limits;
-    uint64_t delay = L->auth_delay_ms;
-    for (unsigned i = 1; i < n && delay < L->auth_delay_max_ms; i++)
-        delay *= 2;
-    if (delay > L->auth_delay_max_ms)
-        delay = L->auth_delay_max_ms;
-    logkv(LOG_LVL_WARN, &s->lc, "auth.failed", "login=%s ip_failures=%u delay_ms=%llu", log_q(q, sizeof(q), j->login),
-          n, (unsigned long long)delay);
-    free(j);
-    struct timeval tv = {(time_t)(delay / 1000), (suseconds_t)((delay % 1000) * 1000)};
-    evtimer_add(s->timer, &tv);
+    auth_finish(s, j, 0);
 }
 
 static void auth_verify(struct session *s)
@@ -579,18 +686,22 @@ static void auth_verify(struct session *s)
     j->s = s;
     j->acc = server_accounts(s->srv);
     j->cache = s->srv->authcache;
+    j->abuse = s->srv->abuse;
     str_copy(j->login, s->sasl->user, sizeof(j->login));
     memcpy(j->pass, s->sasl->pass, sizeof(j->pass));
+    j->ab = (struct abuse_auth){.cfg = s->snap.cfg, .sa = (const struct sockaddr *)&s->sa, .login = j->login,
+                                .lc = &s->lc};
     sasl_clear(s->sasl);
     free(s->sasl);
     s->sasl = NULL;
     set_state(s, ST_AUTH_WAIT);
-    /* Fast path: verified recently with this very password and hash. */
+    /* Fast path: verified recently with this very password and hash, and
+     * the abuse checks answer without blocking. */
     const struct account *a = j->acc ? accounts_find(j->acc, j->login) : NULL;
-    if (a && !a->suspended && authcache_check(j->cache, a->login, j->pass, a->hash)) {
-        mem_wipe(j->pass, sizeof(j->pass));
-        auth_success(s, j->acc, a, j->login, 1);
-        free(j);
+    if (a && !a->suspended && !abuse_remote(j->abuse) && authcache_check(j->cache, a->login, j->pass, a->hash)) {
+        j->cache_hit = 1;
+        auth_work(j);
+        auth_finish(s, j, 1);
         return;
     }
     io_read_enable(s->io, 0);
@@ -718,6 +829,21 @@ static void cmd_auth(struct session *s, const char *args)
     auth_result(s, r, challenge);
 }
 
+/* MAIL after its abuse check (suspension, messages and bytes per account). */
+static void mail_checked(struct session *s)
+{
+    struct mail_args *m = &s->txn.mail;
+    if (s->ab.refused) {
+        memset(m, 0, sizeof(*m));
+        reply(s, s->ab.reply);
+        return;
+    }
+    free(s->txn.env.mail_from);
+    s->txn.env.mail_from = xstrdup(m->path);
+    set_state(s, ST_MAIL);
+    reply(s, "250 2.1.0 Ok");
+}
+
 static void cmd_mail(struct session *s, const char *args)
 {
     const struct config *c = s->snap.cfg;
@@ -769,10 +895,20 @@ static void cmd_mail(struct session *s, const char *args)
         reply_err(s, pr.text);
         return;
     }
-    free(s->txn.env.mail_from);
-    s->txn.env.mail_from = xstrdup(m->path);
-    set_state(s, ST_MAIL);
-    reply(s, "250 2.1.0 Ok");
+    limit_check(s, ABUSE_MAIL, m->has_size ? m->size : 0, mail_checked);
+}
+
+/* RCPT after its abuse check (recipients per account). */
+static void rcpt_checked(struct session *s)
+{
+    const struct rcpt_args *r = &s->ab_rcpt;
+    if (s->ab.refused) {
+        reply(s, s->ab.reply);
+        return;
+    }
+    envelope_add_rcpt(&s->txn.env, r->path, r->notify, r->orcpt[0] ? r->orcpt : NULL);
+    set_state(s, ST_RCPT);
+    reply(s, "250 2.1.5 Ok");
 }
 
 static void cmd_rcpt(struct session *s, const char *args)
@@ -818,9 +954,8 @@ static void cmd_rcpt(struct session *s, const char *args)
         reply_err(s, pr.text);
         return;
     }
-    envelope_add_rcpt(&s->txn.env, r.path, r.notify, r.orcpt[0] ? r.orcpt : NULL);
-    set_state(s, ST_RCPT);
-    reply(s, "250 2.1.5 Ok");
+    s->ab_rcpt = r;
+    limit_check(s, ABUSE_RCPT, 0, rcpt_checked);
 }
 
 static void cmd_data(struct session *s, const char *args)
@@ -984,7 +1119,7 @@ static void handle_command(struct session *s, const char *line, size_t len)
 static int waiting(const struct session *s)
 {
     return s->dead || s->state == ST_TLS_HANDSHAKE || s->state == ST_AUTH_WAIT || s->state == ST_COMMIT ||
-           s->state == ST_CLOSING;
+           s->state == ST_CLOSING || s->state == ST_LIMIT_WAIT;
 }
 
 static void process(struct session *s)
@@ -1071,6 +1206,22 @@ static void greet(struct session *s)
     replyf(s, 0, "220 %s ESMTP submitd", s->snap.cfg->hostname);
 }
 
+/* The greeting after the connection-rate check (421 4.7.1 and close over it). */
+static void greet_checked(struct session *s)
+{
+    if (s->ab.refused) {
+        reply(s, s->ab.reply);
+        close_after_reply(s);
+        return;
+    }
+    greet(s);
+}
+
+static void start_greeting(struct session *s)
+{
+    limit_check(s, ABUSE_CONNECT, 0, greet_checked);
+}
+
 static void on_event(struct io *io, enum io_event ev, void *arg)
 {
     struct session *s = arg;
@@ -1086,7 +1237,7 @@ static void on_event(struct io *io, enum io_event ev, void *arg)
         set_state(s, ST_GREETED);
         io_set_timeouts(s->io, idle_ms(s), idle_ms(s));
         if (implicit)
-            greet(s);
+            start_greeting(s);
         process(s);
         return;
     }
@@ -1114,7 +1265,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     if (s->state == ST_CLOSING)
         session_free(s);
     else if (s->state == ST_AUTH_WAIT)
-        auth_fail_reply(fd, what, arg);
+        auth_fail_timer(fd, what, arg);
 }
 
 /* ---- lifecycle ------------------------------------------------------------ */
@@ -1167,7 +1318,7 @@ struct session *session_new(struct worker *w, int fd, const struct sockaddr *sa,
         io_set_timeouts(s->io, hs, hs);
     } else {
         io_set_timeouts(s->io, idle_ms(s), idle_ms(s));
-        greet(s);
+        start_greeting(s);
     }
     if (w->stopping)
         session_shutdown(s, 0);
