@@ -23,7 +23,7 @@ SANFLAGS =
 OPT = -O2 -g
 endif
 
-PKGS = libevent libevent_openssl libevent_pthreads openssl
+PKGS = libevent libevent_openssl libevent_pthreads openssl libcares hiredis
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -40,8 +40,9 @@ LIB := $(BUILD)/libsubmitd.a
 TOOLS := $(patsubst tools/%.c,$(BUILD)/%,$(wildcard tools/*.c))
 UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
+BENCH_BINS := $(BUILD)/bench/loadgen $(BUILD)/bench/sink
 
-.PHONY: all run test unit integration test-san clean deps deps-test fuzz fuzz-smoke clang-check bench
+.PHONY: all run test unit integration test-san clean deps deps-test fuzz fuzz-smoke clang-check bench bench-build valgrind valgrind-smoke
 
 all: $(BUILD)/submitd $(TOOLS)
 
@@ -77,7 +78,7 @@ run: deps
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; $$t; done
 
-integration: all
+integration: all $(BENCH_BINS)
 	SUBMITD_BUILD=$(abspath $(BUILD)) $(PYTEST) tests/integration
 
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=8
@@ -86,15 +87,50 @@ test: deps-test
 	$(MAKE) all unit
 	$(MAKE) clang-check
 	$(MAKE) integration
+	$(MAKE) valgrind-smoke
 	$(MAKE) fuzz-smoke
 	$(MAKE) SAN=1 test-san
 
 clang-check:
 	$(MAKE) CC=clang BUILD=build-clang all
 
-test-san: all $(UNIT_BINS)
+test-san: all $(UNIT_BINS) $(BENCH_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t (asan+ubsan)"; $$t; done
 	SUBMITD_BUILD=$(abspath $(BUILD)) SUBMITD_SAN=1 $(PYTEST) tests/integration
+
+# The daemon under valgrind memcheck (leaks, invalid accesses) for a set of
+# integration tests; `make test` runs the short list, `make valgrind` more.
+VALGRIND_TESTS ?= tests/integration/test_clients.py tests/integration/test_protocol.py \
+                  tests/integration/test_tls.py
+VALGRIND_SMOKE = tests/integration/test_clients.py
+
+valgrind: all
+	SUBMITD_BUILD=$(abspath $(BUILD)) SUBMITD_VALGRIND=1 $(PYTEST) $(VALGRIND_TESTS)
+
+valgrind-smoke: all
+	SUBMITD_BUILD=$(abspath $(BUILD)) SUBMITD_VALGRIND=1 $(PYTEST) $(VALGRIND_SMOKE)
+
+# Benchmark (issue 7, docs/performance.md): bench/loadgen and bench/sink
+# into $(BUILD)/bench/ (not part of `all`); bench/run.sh installs Postfix and
+# Haraka when missing, runs every scenario against them and submitd, and
+# rewrites docs/performance.md. BENCH_SECONDS=N per run (default 8).
+# The integration suite smoke-tests both tools (test_bench_tools.py).
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+bench-build: all $(BENCH_BINS)
+
+bench: bench-build
+	BUILD=$(abspath $(BUILD)) bench/run.sh
+	@if grep -q '^bench-limiter:' Makefile; then $(MAKE) bench-limiter; fi
+
+# bench-limiter (issue 5): ns per check of the in-memory rate limiter at 1k,
+# 100k and 1M keys (bench/ratelimit_bench.c); `make bench` runs it too.
+.PHONY: bench-limiter
+bench-limiter: $(BUILD)/bench/ratelimit_bench
+	$(BUILD)/bench/ratelimit_bench
 
 fuzz:
 	$(MAKE) -C tests/fuzz run

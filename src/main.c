@@ -1,7 +1,8 @@
 /* main: submitd's entry point. Parses the command line, checks a config
  * (-t), or starts the server: loads config, accounts and certificates,
- * binds the listeners (as root), writes the pid file, drops privileges,
- * opens the spool, starts the queue, the job pools and one event-loop
+ * binds the listeners and the control socket (as root), writes the pid
+ * file, drops privileges, opens the spool, starts the queue, the control
+ * thread (submitctl queue ...), the job pools and one event-loop
  * thread per worker, then handles signals on the main thread: SIGTERM and
  * SIGINT shut down gracefully, SIGHUP reloads. */
 #include <errno.h>
@@ -16,8 +17,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "abuse/abuse.h"
 #include "auth/accounts.h"
 #include "auth/authcache.h"
+#include "control/control.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "queue/queue.h"
@@ -112,6 +115,21 @@ static int drop_privileges(const struct config *c)
     }
     logkv(LOG_LVL_INFO, NULL, "startup.user", "user=%s uid=%u", user, (unsigned)pw->pw_uid);
     return 0;
+}
+
+/* The control socket, owned by the user the daemon runs as. */
+static struct control *open_control(const struct config *c, struct errlist *errs)
+{
+    uid_t uid = geteuid();
+    gid_t gid = getegid();
+    if (uid == 0 && c->user && strcmp(c->user, "root") != 0) {
+        struct passwd *pw = getpwnam(c->user);
+        if (pw) {
+            uid = pw->pw_uid;
+            gid = pw->pw_gid;
+        }
+    }
+    return control_new(c->control_socket, uid, gid, errs);
 }
 
 /* ---- workers --------------------------------------------------------------- */
@@ -266,7 +284,7 @@ int main(int argc, char **argv)
     srv.conns = xcalloc(srv.nconns, sizeof(*srv.conns));
     for (size_t i = 0; i < srv.nconns; i++)
         srv.conns[i].per_ip = iptable_new(1000000);
-    srv.authfail = iptable_new(100000);
+    srv.abuse = abuse_new(cfg);
     srv.authcache = authcache_new(65536, (uint64_t)cfg->auth_cache_ttl * 1000u);
     for (unsigned i = 0; i < srv.nworkers; i++) {
         srv.workers[i].srv = &srv;
@@ -278,12 +296,19 @@ int main(int argc, char **argv)
     }
     if (cfg->pid_file && write_pid_file(cfg->pid_file) != 0)
         logkv(LOG_LVL_WARN, NULL, "startup.pid_file", "error=%s", log_q((char[LOGQ_MAX]){0}, LOGQ_MAX, strerror(errno)));
-    if (geteuid() == 0 && cfg->user && strcmp(cfg->user, "root") != 0) {
-        /* create the spool as root so that it can be handed to the user */
+    {
+        /* create the spool (as root, so that it can be handed to the user)
+         * and bind the control socket in it before the privilege drop */
         struct spool *tmp = spool_open(cfg->spool_dir, &errs);
         if (tmp)
             spool_close(tmp);
         errlist_free(&errs);
+        errlist_init(&errs);
+        srv.control = tmp ? open_control(cfg, &errs) : NULL;
+        if (tmp && !srv.control) {
+            print_errs(&errs);
+            return 1;
+        }
     }
     if (drop_privileges(cfg) != 0)
         return 1;
@@ -298,6 +323,13 @@ int main(int argc, char **argv)
     srv.commit_jobs = jobq_new(cfg->commit_threads ? cfg->commit_threads : 8, "commit");
     if (!srv.auth_jobs || !srv.commit_jobs || queue_start(srv.queue) != 0) {
         fprintf(stderr, "submitd: cannot start threads\n");
+        return 1;
+    }
+    /* control socket verbs (submitctl): register before control_start */
+    control_register(srv.control, "queue", queue_control, srv.queue);
+    control_register(srv.control, "limits", abuse_control, srv.abuse);
+    if (control_start(srv.control) != 0) {
+        fprintf(stderr, "submitd: cannot start the control thread\n");
         return 1;
     }
     for (unsigned i = 0; i < srv.nworkers; i++) {
@@ -332,6 +364,8 @@ int main(int argc, char **argv)
         sb_free(&b);
     }
     event_base_dispatch(m.base);
+    control_free(srv.control); /* no operator request runs during the shutdown */
+    srv.control = NULL;
 
     for (unsigned i = 0; i < srv.nworkers; i++)
         pthread_join(srv.workers[i].thread, NULL);
@@ -364,7 +398,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < srv.nconns; i++)
         iptable_free(srv.conns[i].per_ip);
     free(srv.conns);
-    iptable_free(srv.authfail);
+    abuse_free(srv.abuse); /* after the workers: no check is in flight */
     authcache_free(srv.authcache);
     if (srv.cfg->pid_file)
         unlink(srv.cfg->pid_file);

@@ -3,7 +3,8 @@
  * hashes, makes DKIM keys (printing their DNS record and config lines),
  * prints the SPF/DKIM/DMARC records a sending domain should publish, and
  * asks a running submitd to reload (SIGHUP to the pid in the config's
- * pid-file). Passwords come from SUBMITD_PASSWORD, a password
+ * pid-file) or, over its control socket, to list and act on its queue
+ * (`queue ...`, answers formatted by the daemon). Passwords come from SUBMITD_PASSWORD, a password
  * file or a no-echo prompt on /dev/tty, never from argv. The accounts file
  * is edited under an exclusive lock (FILE.lock), one line at a time with
  * every other byte kept, written to a temporary file in the same directory,
@@ -21,7 +22,6 @@
 #include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
-#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,16 +32,18 @@
 #include <openssl/x509.h>
 
 #include "auth/accounts.h"
+#include "auth/acctfile.h"
 #include "auth/passwd.h"
 #include "auth/sasl.h"
+#include "control/control.h"
 #include "core/config.h"
+#include "core/secret.h"
 #include "core/util.h"
 #include "smtp/parse.h"
 
 #define DEFAULT_CONFIG "/etc/submitd/submitd.conf"
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
-#define ACCOUNTS_MAX (512u * 1024 * 1024)
 #define HASH_MAX 512
 #define MAX_SENDERS 1000
 #define DKIM_GROUP "submitd" /* the daemon's group: may read the keys it re-reads after dropping root */
@@ -82,6 +84,10 @@ static void usage(FILE *f)
             "                                   configuration lines (DIR: dkim/ next to CONFIG)\n"
             "  dns DOMAIN                       print the SPF, DKIM and DMARC records DOMAIN should publish\n"
             "                                   to send through this server\n"
+            "  queue list | show ID | flush [ID] | hold ID [REASON] | release ID | delete ID\n"
+            "                                   the running submitd's queue (over its control socket)\n"
+            "  limits show [user:LOGIN | ip:ADDRESS] | reset user:LOGIN | ip:ADDRESS\n"
+            "                                   the running submitd's rate limits, blocks and suspensions\n"
             "\n"
             "  -c CONFIG    configuration file (default " DEFAULT_CONFIG ")\n"
             "  -a ACCOUNTS  the accounts file to edit (instead of the config's `accounts`)\n"
@@ -174,97 +180,21 @@ static const char *scheme_name(enum pw_scheme s)
 
 /* ---- passwords ------------------------------------------------------- */
 
-static void on_prompt_signal(int sig)
-{
-    (void)sig; /* only makes read() return EINTR */
-}
-
-/* Reads one line from fd into buf (without the newline). Returns its
- * length, -1 on error or interruption, -2 when longer than size-1. */
-static long read_line_fd(int fd, char *buf, size_t size)
-{
-    size_t n = 0;
-    int too_long = 0;
-    for (;;) {
-        char c;
-        ssize_t r = read(fd, &c, 1);
-        if (r < 0)
-            return -1;
-        if (r == 0) {
-            if (n == 0 && !too_long)
-                return -1;
-            break;
-        }
-        if (c == '\n')
-            break;
-        if (n + 1 < size)
-            buf[n++] = c;
-        else
-            too_long = 1;
-    }
-    if (n > 0 && buf[n - 1] == '\r')
-        n--;
-    buf[n] = '\0';
-    return too_long ? -2 : (long)n;
-}
-
+/* The new password typed twice at a no-echo prompt (core/secret). */
 static int prompt_password(const char *what, char *out, size_t outlen)
 {
-    int fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC);
-    if (fd < 0) {
-        fprintf(stderr, "submitctl: no terminal to ask for the password: set SUBMITD_PASSWORD or use "
-                        "--password-file FILE\n");
-        return -1;
-    }
-    struct termios old, quiet;
-    if (tcgetattr(fd, &old) != 0) {
-        fprintf(stderr, "submitctl: /dev/tty: %s; set SUBMITD_PASSWORD or use --password-file FILE\n",
-                strerror(errno));
-        close(fd);
-        return -1;
-    }
-    struct sigaction sa, o_int, o_term, o_hup, o_quit, o_tstp;
-    memset(&sa, 0, sizeof(sa));
-    sigemptyset(&sa.sa_mask);
-    sa.sa_handler = on_prompt_signal; /* no SA_RESTART: read() is interrupted */
-    sigaction(SIGINT, &sa, &o_int);
-    sigaction(SIGTERM, &sa, &o_term);
-    sigaction(SIGHUP, &sa, &o_hup);
-    sigaction(SIGQUIT, &sa, &o_quit);
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGTSTP, &sa, &o_tstp);
-    quiet = old;
-    quiet.c_lflag &= (tcflag_t) ~(ECHO | ECHOE | ECHOK);
-    quiet.c_lflag |= ECHONL;
-    int rc = -1;
+    char prompt[400], err[300];
     char again[SASL_PASS_MAX + 2];
-    if (tcsetattr(fd, TCSAFLUSH, &quiet) != 0) {
-        fprintf(stderr, "submitctl: cannot turn off echo on /dev/tty: %s\n", strerror(errno));
-    } else {
-        char prompt[400];
-        snprintf(prompt, sizeof(prompt), "New password%s%.300s: ", what ? " for " : "", what ? what : "");
-        long n1 = -1, n2 = -1;
-        if (write_all(fd, prompt, strlen(prompt)) == 0)
-            n1 = read_line_fd(fd, out, outlen);
-        if (n1 >= 0 && write_all(fd, "Again: ", 7) == 0)
-            n2 = read_line_fd(fd, again, sizeof(again));
-        tcsetattr(fd, TCSAFLUSH, &old);
-        if (n1 == -2 || n2 == -2)
-            fprintf(stderr, "submitctl: password longer than %d bytes\n", SASL_PASS_MAX);
-        else if (n1 < 0 || n2 < 0)
-            fprintf(stderr, "\nsubmitctl: no password read; nothing changed\n");
-        else if (n1 != n2 || memcmp(out, again, (size_t)n1) != 0)
-            fprintf(stderr, "submitctl: the two passwords differ; nothing changed\n");
-        else
-            rc = 0;
-    }
+    snprintf(prompt, sizeof(prompt), "New password%s%.300s: ", what ? " for " : "", what ? what : "");
+    int rc = -1;
+    if (secret_prompt(prompt, out, outlen, err, sizeof(err)) != 0 ||
+        secret_prompt("Again: ", again, sizeof(again), err, sizeof(err)) != 0)
+        fprintf(stderr, "submitctl: %s; set SUBMITD_PASSWORD or use --password-file FILE; nothing changed\n", err);
+    else if (strcmp(out, again) != 0)
+        fprintf(stderr, "submitctl: the two passwords differ; nothing changed\n");
+    else
+        rc = 0;
     mem_wipe(again, sizeof(again));
-    sigaction(SIGINT, &o_int, NULL);
-    sigaction(SIGTERM, &o_term, NULL);
-    sigaction(SIGHUP, &o_hup, NULL);
-    sigaction(SIGQUIT, &o_quit, NULL);
-    sigaction(SIGTSTP, &o_tstp, NULL);
-    close(fd);
     if (rc != 0)
         mem_wipe(out, outlen);
     return rc;
@@ -272,32 +202,9 @@ static int prompt_password(const char *what, char *out, size_t outlen)
 
 static int password_from_file(const char *path, char *out, size_t outlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        fprintf(stderr, "submitctl: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        fprintf(stderr, "submitctl: %s: not a regular file\n", path);
-        close(fd);
-        return -1;
-    }
-    if (st.st_mode & (S_IROTH | S_IWOTH)) {
-        fprintf(stderr, "submitctl: %s: readable by others; chmod 600 it (and consider the password exposed)\n",
-                path);
-        close(fd);
-        return -1;
-    }
-    long n = read_line_fd(fd, out, outlen);
-    close(fd);
-    if (n == -2) {
-        fprintf(stderr, "submitctl: %s: password longer than %d bytes\n", path, SASL_PASS_MAX);
-        mem_wipe(out, outlen);
-        return -1;
-    }
-    if (n < 0) {
-        fprintf(stderr, "submitctl: %s: empty or unreadable\n", path);
+    char err[400];
+    if (secret_from_file(path, out, outlen, err, sizeof(err)) != 0) {
+        fprintf(stderr, "submitctl: %s\n", err);
         return -1;
     }
     return 0;
@@ -361,322 +268,13 @@ static int make_hash(const struct opts *o, const char *what, char *out, size_t o
     return 0;
 }
 
-/* ---- the accounts file ------------------------------------------------ */
+/* ---- the accounts file: src/auth/acctfile.c ----------------------------- */
 
-struct afile {
-    const char *path;
-    int lockfd;
-    int exists;
-    struct stat st;
-    char *text;
-    size_t len;
-};
-
-/* Locates the line of `login` (case-insensitive): its start and length
- * including the newline. 1 found, 0 not. */
-static int af_find(const struct afile *af, const char *login, size_t *off, size_t *len)
+/* Prints acctfile's problems (several lines) with the program prefix. */
+static void print_err(const struct strbuf *err)
 {
-    size_t i = 0;
-    size_t ll = strlen(login);
-    while (i < af->len) {
-        const char *p = af->text + i;
-        const char *nl = memchr(p, '\n', af->len - i);
-        size_t n = nl ? (size_t)(nl - p) + 1 : af->len - i;
-        const char *colon = memchr(p, ':', n);
-        size_t lw = colon ? (size_t)(colon - p) : (nl ? n - 1 : n);
-        if (!colon && lw > 0 && p[lw - 1] == '\r')
-            lw--;
-        if (p[0] != '#' && lw == ll && strncasecmp(p, login, ll) == 0) {
-            *off = i;
-            *len = n;
-            return 1;
-        }
-        i += n;
-    }
-    return 0;
-}
-
-static void af_close(struct afile *af)
-{
-    if (af->text) {
-        mem_wipe(af->text, af->len);
-        free(af->text);
-    }
-    af->text = NULL;
-    if (af->lockfd >= 0)
-        close(af->lockfd); /* releases the flock */
-    af->lockfd = -1;
-}
-
-/* Reads the file; with `lock`, first takes the exclusive lock FILE.lock.
- * A missing file is fine when `missing_ok` (it is then empty). */
-static int af_open(struct afile *af, const char *path, int lock, int missing_ok)
-{
-    memset(af, 0, sizeof(*af));
-    af->path = path;
-    af->lockfd = -1;
-    if (lock) {
-        char lp[4096];
-        if ((size_t)snprintf(lp, sizeof(lp), "%s.lock", path) >= sizeof(lp)) {
-            fprintf(stderr, "submitctl: %s: path too long\n", path);
-            return -1;
-        }
-        af->lockfd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (af->lockfd < 0) {
-            fprintf(stderr, "submitctl: cannot create the lock file %s: %s\n", lp, strerror(errno));
-            return -1;
-        }
-        while (flock(af->lockfd, LOCK_EX) != 0) {
-            if (errno != EINTR) {
-                fprintf(stderr, "submitctl: cannot lock %s: %s\n", lp, strerror(errno));
-                af_close(af);
-                return -1;
-            }
-        }
-    }
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        if (errno == ENOENT && missing_ok)
-            return 0;
-        fprintf(stderr, "submitctl: %s: %s\n", path, strerror(errno));
-        af_close(af);
-        return -1;
-    }
-    if (fstat(fd, &af->st) != 0 || !S_ISREG(af->st.st_mode)) {
-        fprintf(stderr, "submitctl: %s: not a regular file\n", path);
-        close(fd);
-        af_close(af);
-        return -1;
-    }
-    af->exists = 1;
-    struct strbuf b;
-    sb_init(&b);
-    char tmp[65536];
-    for (;;) {
-        ssize_t r = read(fd, tmp, sizeof(tmp));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0 || b.len + (size_t)r > ACCOUNTS_MAX) {
-            if (r != 0) {
-                fprintf(stderr, "submitctl: %s: %s\n", path, r < 0 ? strerror(errno) : "file too large");
-                close(fd);
-                if (b.s)
-                    mem_wipe(b.s, b.len);
-                sb_free(&b);
-                af_close(af);
-                return -1;
-            }
-            break;
-        }
-        sb_append(&b, tmp, (size_t)r);
-    }
-    mem_wipe(tmp, sizeof(tmp));
-    close(fd);
-    af->len = b.len;
-    af->text = sb_steal(&b);
-    return 0;
-}
-
-static void dir_of(const char *path, char *dir, size_t n)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        str_copy(dir, ".", n);
-    else if (slash == path)
-        str_copy(dir, "/", n);
-    else
-        snprintf(dir, n, "%.*s", (int)(slash - path), path);
-}
-
-/* Prints accounts_load's errors with the temporary name replaced. */
-static void print_load_errors(const struct errlist *e, const char *tmp, const char *path)
-{
-    size_t tl = strlen(tmp);
-    for (size_t i = 0; i < e->n; i++) {
-        const char *m = e->v[i];
-        if (strncmp(m, tmp, tl) == 0)
-            fprintf(stderr, "  %s%s\n", path, m + tl);
-        else
-            fprintf(stderr, "  %s\n", m);
-    }
-}
-
-/* Writes the new contents next to the file, checks that they load, then
- * renames over the old file and fsyncs the directory. */
-static int af_commit(struct afile *af, const char *text, size_t len)
-{
-    char dir[4096], tmp[4200];
-    dir_of(af->path, dir, sizeof(dir));
-    const char *base = strrchr(af->path, '/');
-    base = base ? base + 1 : af->path;
-    int fd = -1;
-    for (int tries = 0; tries < 10 && fd < 0; tries++) {
-        unsigned char rnd[6];
-        if (random_bytes(rnd, sizeof(rnd)) != 0) {
-            fprintf(stderr, "submitctl: no random bytes: %s\n", strerror(errno));
-            return -1;
-        }
-        snprintf(tmp, sizeof(tmp), "%s/.%s.tmp.%02x%02x%02x%02x%02x%02x", dir, base, rnd[0], rnd[1], rnd[2],
-                 rnd[3], rnd[4], rnd[5]);
-        fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0 && errno != EEXIST) {
-            fprintf(stderr, "submitctl: cannot create %s: %s\n", tmp, strerror(errno));
-            return -1;
-        }
-    }
-    if (fd < 0) {
-        fprintf(stderr, "submitctl: cannot create a temporary file in %s\n", dir);
-        return -1;
-    }
-    const char *step = NULL;
-    if (af->exists) {
-        struct stat ts;
-        if (fstat(fd, &ts) != 0)
-            step = "stat";
-        else if ((ts.st_uid != af->st.st_uid || ts.st_gid != af->st.st_gid) &&
-                 fchown(fd, af->st.st_uid, af->st.st_gid) != 0)
-            step = "give it the owner and group of the old file (run as root or as the file's owner)";
-        else if (fchmod(fd, af->st.st_mode & 07777) != 0)
-            step = "give it the mode of the old file";
-    }
-    if (!step && write_all(fd, text, len) != 0)
-        step = "write";
-    if (!step && fsync(fd) != 0)
-        step = "fsync";
-    if (close(fd) != 0 && !step)
-        step = "close";
-    if (step) {
-        fprintf(stderr, "submitctl: %s: cannot %s: %s; nothing changed\n", tmp, step, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    struct errlist errs;
-    errlist_init(&errs);
-    struct accounts *a = accounts_load(tmp, &errs);
-    if (!a) {
-        fprintf(stderr, "submitctl: %s: the result would not load, nothing changed:\n", af->path);
-        print_load_errors(&errs, tmp, af->path);
-        errlist_free(&errs);
-        unlink(tmp);
-        return -1;
-    }
-    accounts_unref(a);
-    errlist_free(&errs);
-    if (rename(tmp, af->path) != 0) {
-        fprintf(stderr, "submitctl: cannot rename %s to %s: %s; nothing changed\n", tmp, af->path,
-                strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) != 0) {
-        fprintf(stderr, "submitctl: warning: cannot fsync %s: %s\n", dir, strerror(errno));
-    }
-    if (dfd >= 0)
-        close(dfd);
-    return 0;
-}
-
-/* ---- editing one line ------------------------------------------------ */
-
-struct line_edit {
-    const char *hash;     /* new "{PREFIX}hash", or NULL */
-    int suspend;          /* -1 keep, 0 remove suspended=, 1 suspended=yes */
-    const char *senders;  /* new sender= value, or NULL to keep */
-};
-
-static int key_is(const char *tok, const char *key)
-{
-    size_t n = strlen(key);
-    return strncmp(tok, key, n) == 0 && (tok[n] == '=' || tok[n] == '\0');
-}
-
-/* Rewrites the extra fields: replaces (in place) or appends/removes the
- * keys the edit touches; other tokens are kept in order. */
-static char *edit_extra(const char *extra, const struct line_edit *e)
-{
-    struct strbuf b;
-    sb_init(&b);
-    char *copy = xstrdup(extra);
-    char *save = NULL;
-    int done_s = 0, done_u = 0;
-    for (char *t = strtok_r(copy, " \t", &save); t; t = strtok_r(NULL, " \t", &save)) {
-        const char *out = t;
-        char buf[64];
-        if (e->senders && key_is(t, "sender")) {
-            if (done_s++)
-                continue;
-            sb_printf(&b, "%ssender=%s", b.len ? " " : "", e->senders);
-            continue;
-        }
-        if (e->suspend >= 0 && key_is(t, "suspended")) {
-            if (done_u++ || e->suspend == 0)
-                continue;
-            snprintf(buf, sizeof(buf), "suspended=yes");
-            out = buf;
-        }
-        sb_printf(&b, "%s%s", b.len ? " " : "", out);
-    }
-    free(copy);
-    if (e->senders && !done_s)
-        sb_printf(&b, "%ssender=%s", b.len ? " " : "", e->senders);
-    if (e->suspend == 1 && !done_u)
-        sb_printf(&b, "%ssuspended=yes", b.len ? " " : "");
-    return sb_steal(&b);
-}
-
-/* Returns the edited line (with the same line ending as `line`). */
-static char *edit_line(const char *line, size_t len, const struct line_edit *e)
-{
-    int nl = len > 0 && line[len - 1] == '\n';
-    size_t n = len - (size_t)nl;
-    int cr = n > 0 && line[n - 1] == '\r';
-    n -= (size_t)cr;
-    char *copy = xstrndup(line, n);
-    const char *part[8];
-    int np = 1;
-    part[0] = copy;
-    char *p = copy;
-    while (np < 8) {
-        char *c = strchr(p, ':');
-        if (!c)
-            break;
-        *c = '\0';
-        p = c + 1;
-        part[np++] = p;
-    }
-    if (e->hash) {
-        if (np < 2)
-            np = 2;
-        part[1] = e->hash;
-    }
-    char *extra = NULL;
-    if (e->senders || e->suspend >= 0) {
-        extra = edit_extra(np == 8 ? part[7] : "", e);
-        if (extra[0]) {
-            while (np < 7)
-                part[np++] = "";
-            part[7] = extra;
-            np = 8;
-        } else {
-            if (np == 8)
-                np = 7;
-            while (np > 2 && part[np - 1][0] == '\0')
-                np--;
-        }
-    }
-    struct strbuf b;
-    sb_init(&b);
-    for (int i = 0; i < np; i++)
-        sb_printf(&b, "%s%s", i ? ":" : "", part[i]);
-    if (cr)
-        sb_puts(&b, "\r");
-    if (nl)
-        sb_puts(&b, "\n");
-    mem_wipe(copy, n);
-    free(copy);
-    free(extra);
-    return sb_steal(&b);
+    if (err->len)
+        fprintf(stderr, "submitctl: %s\n", err->s);
 }
 
 /* ---- commands --------------------------------------------------------- */
@@ -752,47 +350,14 @@ static int check_senders(const char *const *v, size_t n)
 }
 
 /* Applies one edit to LOGIN's line (or appends a new line for add). */
-static int apply(const char *path, const char *login, int add, const char *newline_text, const struct line_edit *e)
+static int apply(const char *path, const char *login, int add, const char *newline_text, const struct acct_edit *e)
 {
-    struct afile af;
-    if (af_open(&af, path, 1, add) != 0)
-        return -1;
-    size_t off = 0, len = 0;
-    int found = af_find(&af, login, &off, &len);
-    if (add && found) {
-        fprintf(stderr, "submitctl: %s: %s already exists (logins are case-insensitive); use `user passwd` or "
-                        "`user senders` to change it\n", path, login);
-        af_close(&af);
-        return -1;
-    }
-    if (!add && !found) {
-        fprintf(stderr, "submitctl: %s: no such login: %s (see `submitctl user list`)\n", path, login);
-        af_close(&af);
-        return -1;
-    }
-    struct strbuf b;
-    sb_init(&b);
-    if (add) {
-        sb_append(&b, af.text ? af.text : "", af.len);
-        if (af.len > 0 && af.text[af.len - 1] != '\n')
-            sb_puts(&b, "\n");
-        sb_puts(&b, newline_text);
-    } else {
-        sb_append(&b, af.text, off);
-        if (e) {
-            char *l = edit_line(af.text + off, len, e);
-            sb_puts(&b, l);
-            mem_wipe(l, strlen(l));
-            free(l);
-        }
-        sb_append(&b, af.text + off + len, af.len - off - len);
-    }
-    int created = !af.exists;
-    int rc = af_commit(&af, b.s ? b.s : "", b.len);
-    if (b.s)
-        mem_wipe(b.s, b.len);
-    sb_free(&b);
-    af_close(&af);
+    struct strbuf err;
+    sb_init(&err);
+    int created = 0;
+    int rc = add ? acctfile_add(path, login, newline_text, &created, &err) : acctfile_edit(path, login, e, &err);
+    print_err(&err);
+    sb_free(&err);
     if (rc == 0 && created)
         printf("created %s (mode 0600); if submitd runs as its own user, let it read the file: "
                "chgrp submitd %s && chmod 640 %s\n", path, path, path);
@@ -803,12 +368,17 @@ static int apply(const char *path, const char *login, int add, const char *newli
  * not what the command needs. */
 static int precheck(const char *path, const char *login, int want_present)
 {
-    struct afile af;
-    if (af_open(&af, path, 0, !want_present) != 0)
+    struct acctfile af;
+    struct strbuf err;
+    sb_init(&err);
+    int r = acctfile_open(&af, path, 0, !want_present, &err);
+    print_err(&err);
+    sb_free(&err);
+    if (r != 0)
         return -1;
     size_t off, len;
-    int found = af_find(&af, login, &off, &len);
-    af_close(&af);
+    int found = acctfile_find(&af, login, &off, &len);
+    acctfile_close(&af);
     if (found && !want_present) {
         fprintf(stderr, "submitctl: %s: %s already exists (logins are case-insensitive)\n", path, login);
         return -1;
@@ -869,8 +439,13 @@ static int parse_opts(int argc, char **argv, int allow_sender, int allow_pw, str
 
 static int cmd_user_list(const char *path)
 {
-    struct afile af;
-    if (af_open(&af, path, 0, 0) != 0)
+    struct acctfile af;
+    struct strbuf err;
+    sb_init(&err);
+    int r = acctfile_open(&af, path, 0, 0, &err);
+    print_err(&err);
+    sb_free(&err);
+    if (r != 0)
         return EXIT_FAIL;
     printf("%-32s %-13s %-9s %s\n", "LOGIN", "SCHEME", "SUSPENDED", "SENDERS");
     size_t i = 0;
@@ -916,7 +491,7 @@ static int cmd_user_list(const char *path)
         mem_wipe(line, ll);
         free(line);
     }
-    af_close(&af);
+    acctfile_close(&af);
     return 0;
 }
 
@@ -953,7 +528,7 @@ static int cmd_user_edit(const struct ctl *c, const char *path, const char *sub,
 {
     const char *login = o->pos[0];
     char hash[HASH_MAX + 32] = "";
-    struct line_edit e = {NULL, -1, NULL};
+    struct acct_edit e = {NULL, -1, NULL};
     char *sl = NULL;
     const char *done;
     int del = strcmp(sub, "del") == 0;
@@ -1343,7 +918,7 @@ static int cmd_dkim_keygen(const struct ctl *c, int argc, char **argv)
     char dbuf[PATH_MAX];
     if (!dir) {
         char cdir[PATH_MAX];
-        dir_of(c->config_path, cdir, sizeof(cdir));
+        path_dir(c->config_path, cdir, sizeof(cdir));
         if ((size_t)snprintf(dbuf, sizeof(dbuf), "%s/dkim", cdir) >= sizeof(dbuf))
             return usage_error("configuration path too long");
         dir = dbuf;
@@ -1404,6 +979,41 @@ static int cmd_dkim(const struct ctl *c, int argc, char **argv)
     if (strcmp(argv[0], "keygen") != 0)
         return usage_error("unknown dkim command %s", argv[0]);
     return cmd_dkim_keygen(c, argc - 1, argv + 1);
+}
+
+/* `queue ...`: the words go to the running daemon's control socket as one
+ * request; the daemon formats the answer, printed as it comes. */
+static int cmd_control(const struct ctl *c, const char *verb, int argc, char **argv)
+{
+    if (argc < 1)
+        return usage_error("%s: give a subcommand (see submitctl -h)", verb);
+    struct errlist errs;
+    errlist_init(&errs);
+    struct config *cfg = config_load_paths(c->config_path, &errs);
+    for (size_t i = 0; !cfg && i < errs.n; i++)
+        fprintf(stderr, "submitctl: %s\n", errs.v[i]);
+    errlist_free(&errs);
+    if (!cfg)
+        return EXIT_FAIL;
+    struct strbuf req, out;
+    sb_init(&req);
+    sb_init(&out);
+    sb_puts(&req, verb);
+    for (int i = 0; i < argc; i++) /* words: runs of blanks become one space */
+        for (const char *p = argv[i]; *p; p++)
+            if (*p != ' ' && *p != '\t')
+                sb_printf(&req, "%s%c", p == argv[i] || p[-1] == ' ' || p[-1] == '\t' ? " " : "", *p);
+    int rc = control_request(cfg->control_socket, req.s, &out, 60000);
+    if (out.len && out.s[out.len - 1] != '\n')
+        sb_puts(&out, "\n");
+    if (rc == 0)
+        fputs(out.s ? out.s : "", stdout);
+    else
+        fprintf(stderr, "submitctl: %s", out.s);
+    sb_free(&req);
+    sb_free(&out);
+    config_unref(cfg);
+    return rc == 0 ? 0 : EXIT_FAIL;
 }
 
 static int cmd_dns(const struct ctl *c, int argc, char **argv)
@@ -1510,6 +1120,8 @@ int main(int argc, char **argv)
         return cmd_hash(argc - i, argv + i);
     if (strcmp(cmd, "reload") == 0)
         return cmd_reload(&c, argc - i);
+    if (strcmp(cmd, "queue") == 0 || strcmp(cmd, "limits") == 0)
+        return cmd_control(&c, cmd, argc - i, argv + i);
     if (strcmp(cmd, "dkim") == 0)
         return cmd_dkim(&c, argc - i, argv + i);
     if (strcmp(cmd, "dns") == 0)

@@ -126,6 +126,7 @@ static const struct keydef top_keys[] = {
     {.name = "accounts", .type = V_PATH, FIELD(struct config, accounts), .flags = K_REQUIRED | K_READ | K_SECRET,
      .form = "accounts file"},
     {.name = "pid-file", .type = V_PATH, FIELD(struct config, pid_file), .form = "pid file"},
+    {.name = "control-socket", .type = V_PATH, FIELD(struct config, control_socket), .form = "control socket"},
     {.name = "log", .type = V_ENUM, FIELD(struct config, log_syslog), .enums = log_enum, .def = "stderr"},
     {.name = "log-level", .type = V_ENUM, FIELD(struct config, log_level), .enums = level_enum, .def = "info"},
     {.name = "listen-backlog", .type = V_UINT, FIELD(struct config, listen_backlog), .min = 1, .max = 65535,
@@ -192,7 +193,11 @@ static const struct keydef queue_keys[] = {
     {.name = "lifetime", .type = V_SECS, FIELD(struct queue_cfg, lifetime), .min = 1, .max = 30 * DAY,
      .def = "5d"},
     {.name = "delivery-threads", .type = V_UINT, FIELD(struct queue_cfg, delivery_threads), .min = 1, .max = 64,
-     .def = "2"},
+     .def = "16"},
+    {.name = "delay-warning", .type = V_SECS, FIELD(struct queue_cfg, delay_warning), .min = 0, .max = 30 * DAY,
+     .def = "4h"},
+    {.name = "bounce-size", .type = V_SIZE, FIELD(struct queue_cfg, bounce_size), .min = 0, .max = 2 * GIB,
+     .def = "256K"},
 };
 
 static const struct keydef listener_keys[] = {
@@ -243,7 +248,70 @@ const char *const dkim_default_headers[] = {
 };
 const size_t dkim_default_headers_count = ARRAY_LEN(dkim_default_headers);
 
-enum bkind { B_TOP, B_TLS, B_LIMITS, B_QUEUE, B_LISTENER, B_TRANSPORT, B_DKIM };
+/* ---- abuse control tables (ratelimit, ratelimit-for, abuse; see src/abuse) ---- */
+static void key_rate_limit(struct parser *p, void *base, const struct keydef *k, char **av, int line);
+static void key_rl_backend(struct parser *p, void *base, const struct keydef *k, char **av, int line);
+static const struct enum_val action_enum[] = {
+    {"alert", ABUSE_ALERT}, {"hold", ABUSE_HOLD}, {"suspend", ABUSE_SUSPEND}, {NULL, 0}};
+#define RATE_LIMIT_KEY(n, T, f)                                                                                        \
+    {.name = n, .type = V_FN, .off = offsetof(T, f), .fn = key_rate_limit, .nargs = 1, .nargs_max = 2,               \
+     .form = "COUNT/DURATION [hard], or none"}
+
+/* Limits without a default here get theirs in abuse_defaults(). */
+static const struct keydef ratelimit_keys[] = {
+    {.name = "backend", .type = V_FN, .fn = key_rl_backend, .nargs = 1, .form = "memory or redis://HOST[:PORT][/DB]"},
+    {.name = "redis-timeout", .type = V_MSECS, FIELD(struct ratelimit_cfg, redis_timeout_ms), .min = 10,
+     .max = 10000, .def = "250ms"},
+    {.name = "redis-retry", .type = V_SECS, FIELD(struct ratelimit_cfg, redis_retry), .min = 1, .max = HOUR,
+     .def = "5s"},
+    {.name = "redis-threads", .type = V_UINT, FIELD(struct ratelimit_cfg, redis_threads), .min = 1, .max = 64,
+     .def = "4"},
+    {.name = "fail-open", .type = V_BOOL, FIELD(struct ratelimit_cfg, fail_open), .def = "yes"},
+    {.name = "table-size", .type = V_UINT, FIELD(struct ratelimit_cfg, table_size), .min = 1000, .max = 10000000,
+     .def = "100000"},
+    RATE_LIMIT_KEY("messages", struct ratelimit_cfg, messages),
+    RATE_LIMIT_KEY("recipients", struct ratelimit_cfg, recipients),
+    RATE_LIMIT_KEY("bytes", struct ratelimit_cfg, bytes),
+    RATE_LIMIT_KEY("connections", struct ratelimit_cfg, connections),
+    RATE_LIMIT_KEY("auth", struct ratelimit_cfg, auth_ip),
+    RATE_LIMIT_KEY("auth-login", struct ratelimit_cfg, auth_login),
+    RATE_LIMIT_KEY("auth-failures-ip", struct ratelimit_cfg, fail_ip),
+    RATE_LIMIT_KEY("auth-failures-login", struct ratelimit_cfg, fail_login),
+    {.name = "block-time", .type = V_SECS, FIELD(struct ratelimit_cfg, block_time), .min = 1, .max = 7 * DAY,
+     .def = "15m"},
+    {.name = "known-ip-time", .type = V_SECS, FIELD(struct ratelimit_cfg, known_ip_time), .min = 0,
+     .max = 365 * DAY, .def = "30d"},
+    {.name = "exempt", .type = V_FN, .off = offsetof(struct ratelimit_cfg, exempt), .fn = key_cidr, .nargs = 1,
+     .flags = K_MULTI, .form = "NETWORK"},
+};
+
+static const struct keydef ratelimit_for_keys[] = {
+    RATE_LIMIT_KEY("messages", struct ratelimit_for_cfg, messages),
+    RATE_LIMIT_KEY("recipients", struct ratelimit_for_cfg, recipients),
+    RATE_LIMIT_KEY("bytes", struct ratelimit_for_cfg, bytes),
+    {.name = "detect", .type = V_BOOL, FIELD(struct ratelimit_for_cfg, detect)},
+};
+
+static const struct keydef abuse_keys[] = {
+    {.name = "detect", .type = V_BOOL, FIELD(struct abuse_cfg, detect), .def = "yes"},
+    {.name = "action", .type = V_ENUM, FIELD(struct abuse_cfg, action), .enums = action_enum, .def = "alert"},
+    {.name = "window", .type = V_SECS, FIELD(struct abuse_cfg, window), .min = 1, .max = DAY, .def = "1h"},
+    {.name = "multiple", .type = V_UINT, FIELD(struct abuse_cfg, multiple), .min = 2, .max = 1000, .def = "10"},
+    {.name = "min-messages", .type = V_UINT, FIELD(struct abuse_cfg, min_messages), .min = 1, .max = 1000000,
+     .def = "100"},
+    {.name = "min-recipients", .type = V_UINT, FIELD(struct abuse_cfg, min_recipients), .min = 1, .max = 10000000,
+     .def = "500"},
+    {.name = "max-ips", .type = V_UINT, FIELD(struct abuse_cfg, max_ips), .min = 0, .max = 31, .def = "10"},
+    {.name = "ip-window", .type = V_SECS, FIELD(struct abuse_cfg, ip_window), .min = 1, .max = 7 * DAY,
+     .def = "1h"},
+    {.name = "max-accounts", .type = V_UINT, FIELD(struct abuse_cfg, max_accounts), .min = 100, .max = 10000000,
+     .def = "100000"},
+};
+_Static_assert(ARRAY_LEN(ratelimit_keys) <= MAX_KEYS && ARRAY_LEN(abuse_keys) <= MAX_KEYS,
+               "an abuse key table is longer than parser.seen[]");
+/* ---- end of abuse control tables ---- */
+
+enum bkind { B_TOP, B_TLS, B_LIMITS, B_QUEUE, B_LISTENER, B_TRANSPORT, B_DKIM, B_RATELIMIT, B_RLFOR, B_ABUSE };
 
 struct blockdef {
     const char *name;
@@ -261,6 +329,9 @@ static const struct blockdef blocks[] = {
     {"listener", B_LISTENER, "NAME", listener_keys, ARRAY_LEN(listener_keys)},
     {"transport", B_TRANSPORT, "NAME", transport_keys, ARRAY_LEN(transport_keys)},
     {"dkim", B_DKIM, "DOMAIN", dkim_keys, ARRAY_LEN(dkim_keys)},
+    {"ratelimit", B_RATELIMIT, NULL, ratelimit_keys, ARRAY_LEN(ratelimit_keys)},
+    {"ratelimit-for", B_RLFOR, "LOGIN|@DOMAIN", ratelimit_for_keys, ARRAY_LEN(ratelimit_for_keys)},
+    {"abuse", B_ABUSE, NULL, abuse_keys, ARRAY_LEN(abuse_keys)},
 };
 
 _Static_assert(ARRAY_LEN(top_keys) <= MAX_KEYS && ARRAY_LEN(tls_keys) <= MAX_KEYS &&
@@ -287,7 +358,7 @@ struct parser {
     size_t idx;         /* listener/transport/dkim index */
     int names_line[2];  /* dkim: first `headers` / `oversign` line of the open block */
     int oversign_none;  /* dkim: line of `oversign none` in the open block */
-    int single_line[3]; /* tls, limits, queue: line of the block, 0 = not yet */
+    int single_line[16]; /* blocks without ARG (by kind - B_TLS): line of the block, 0 = not yet */
     int no_file_checks; /* config_load_paths: files need not exist yet */
 };
 
@@ -1014,6 +1085,187 @@ static void key_dkim_names(struct parser *p, void *base, const struct keydef *k,
     }
 }
 
+/* ---- abuse controls: rate limits, the Redis URL, ratelimit-for KEY ---------------- */
+
+/* COUNT/DURATION [hard] or none into *out. NULL, or what is wrong. */
+static const char *parse_rate_limit(const char *v, const char *flag, int bytes, int may_hard, struct rate_limit *out)
+{
+    struct rate_limit r = {0, 0, 0, 0};
+    const char *form = bytes ? "expected SIZE/DURATION such as 50M/1d (optionally followed by `hard`), or none"
+                             : "expected COUNT/DURATION such as 100/1h (optionally followed by `hard`), or none";
+    if (flag && (!may_hard || strcmp(flag, "hard") != 0))
+        return may_hard ? form : "expected COUNT/DURATION such as 30/1m, or none (only messages, recipients and "
+                                 "bytes take `hard`)";
+    if (strcmp(v, "none") == 0) {
+        if (flag)
+            return "`none` takes no `hard`";
+        *out = r;
+        return NULL;
+    }
+    const char *slash = strchr(v, '/');
+    char num[32];
+    uint64_t n = 0, ms = 0;
+    if (!slash || (size_t)(slash - v) >= sizeof(num))
+        return form;
+    memcpy(num, v, (size_t)(slash - v));
+    num[slash - v] = '\0';
+    if ((bytes ? parse_size(num, &n) : parse_uint(num, &n)) != 0 || parse_duration_ms(slash + 1, 1000, &ms) != 0)
+        return form;
+    if (bytes && (n < KIB || n > 1024 * GIB))
+        return "the size must be from 1K to 1024G";
+    if (!bytes && (n < 1 || n > 1000000000))
+        return "the count must be from 1 to 1000000000";
+    if (ms < 1000 || ms > 30 * DAY * 1000)
+        return "the duration must be from 1s to 30d";
+    if ((bytes ? n / KIB : n) > ms * 1000)
+        return "more than one per microsecond (bytes: one KiB per microsecond): use a longer duration";
+    r.count = n;
+    r.period_ms = ms;
+    r.hard = flag != NULL;
+    *out = r;
+    return NULL;
+}
+
+static void key_rate_limit(struct parser *p, void *base, const struct keydef *k, char **av, int line)
+{
+    struct rate_limit *r = field(base, k->off);
+    int bytes = strcmp(k->name, "bytes") == 0;
+    int may_hard = bytes || strcmp(k->name, "messages") == 0 || strcmp(k->name, "recipients") == 0;
+    const char *why = parse_rate_limit(av[0], av[1], bytes, may_hard, r);
+    if (why) {
+        perr(p, line, "bad value `%s%s%s` for `%s`: %s", av[0], av[1] ? " " : "", av[1] ? av[1] : "", k->name, why);
+        return;
+    }
+    r->line = line;
+}
+
+/* backend memory | redis://HOST[:PORT][/DB] (HOST: a name, an IPv4
+ * address or [IPv6]). */
+static void key_rl_backend(struct parser *p, void *base, const struct keydef *k, char **av, int line)
+{
+    struct ratelimit_cfg *r = base;
+    const char *v = av[0];
+    free(r->backend);
+    free(r->redis_host);
+    r->backend = NULL;
+    r->redis_host = NULL;
+    if (strcmp(v, "memory") == 0) {
+        r->backend = xstrdup(v);
+        return;
+    }
+    const char *h = strncmp(v, "redis://", 8) == 0 ? v + 8 : NULL;
+    char host[256] = "";
+    const char *e = NULL;
+    unsigned char a6[16];
+    if (h && h[0] == '[') {
+        const char *close = strchr(h, ']');
+        if (close && (size_t)(close - h - 1) < sizeof(host)) {
+            memcpy(host, h + 1, (size_t)(close - h - 1));
+            host[close - h - 1] = '\0';
+            e = inet_pton(AF_INET6, host, a6) == 1 ? close + 1 : NULL;
+        }
+    } else if (h) {
+        size_t n = strcspn(h, ":/");
+        if (n > 0 && n < sizeof(host)) {
+            memcpy(host, h, n);
+            host[n] = '\0';
+            e = valid_hostname(host) ? h + n : NULL;
+        }
+    }
+    uint64_t port = 6379, db = 0;
+    if (e && *e == ':') {
+        const char *d = parse_digits(e + 1, &port);
+        e = d && port >= 1 && port <= 65535 ? d : NULL;
+    }
+    if (e && *e == '/') {
+        const char *d = parse_digits(e + 1, &db);
+        e = d && db <= 255 ? d : NULL;
+    }
+    if (!e || *e != '\0') {
+        perr(p, line, "bad value `%s` for `backend`: expected %s (port 1-65535, database 0-255), such as "
+                      "redis://127.0.0.1:6379/0",
+             v, k->form);
+        return;
+    }
+    r->backend = xstrdup(v);
+    r->redis_host = xstrdup(host);
+    r->redis_port = (unsigned)port;
+    r->redis_db = (unsigned)db;
+}
+
+/* `ratelimit-for KEY {`: KEY is a login or @domain. 0, or -1 after an error. */
+static int open_ratelimit_for(struct parser *p, const char *key, int line)
+{
+    struct config *c = p->c;
+    size_t n = strlen(key);
+    int ok = n > 0 && n <= 256 && (key[0] != '@' || valid_domain(key + 1));
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (unsigned char)key[i] > ' ' && key[i] != ':' && key[i] != 0x7f;
+    if (!ok) {
+        perr(p, line, "bad ratelimit-for key `%s`: expected a login (no spaces, control characters or `:`, at most "
+                      "256 bytes) or @domain",
+             key);
+        return -1;
+    }
+    char *k = xstrdup(key);
+    str_lower(k);
+    for (size_t i = 0; i < c->nratelimit_for; i++) {
+        if (strcmp(c->ratelimit_for[i].key, k) == 0) {
+            perr(p, line, "duplicate ratelimit-for block for %s (the first is at line %d)", k,
+                 c->ratelimit_for[i].line);
+            free(k);
+            return -1;
+        }
+    }
+    c->ratelimit_for = xrealloc(c->ratelimit_for, (c->nratelimit_for + 1) * sizeof(*c->ratelimit_for));
+    struct ratelimit_for_cfg *r = &c->ratelimit_for[c->nratelimit_for];
+    memset(r, 0, sizeof(*r));
+    r->key = k;
+    r->line = line;
+    r->detect = -1;
+    p->idx = c->nratelimit_for++;
+    return 0;
+}
+
+static void limit_default(struct rate_limit *r, const char *text, int bytes)
+{
+    char buf[64];
+    str_copy(buf, text, sizeof(buf));
+    char *hard = strchr(buf, ' ');
+    if (hard)
+        *hard++ = '\0';
+    if (parse_rate_limit(buf, hard, bytes, 1, r) != NULL)
+        abort(); /* a broken default: caught by the unit tests */
+}
+
+static void abuse_defaults(struct config *c)
+{
+    struct ratelimit_cfg *r = &c->ratelimit;
+    apply_defaults(r, ratelimit_keys, ARRAY_LEN(ratelimit_keys));
+    apply_defaults(&c->abuse, abuse_keys, ARRAY_LEN(abuse_keys));
+    /* Volume limits depend on the site (one NAT address may carry a whole
+     * office, one account a mailing list): off until configured. The
+     * brute-force limits only count failures: on. */
+    limit_default(&r->messages, "none", 0);
+    limit_default(&r->recipients, "none", 0);
+    limit_default(&r->bytes, "none", 1);
+    limit_default(&r->connections, "none", 0);
+    limit_default(&r->auth_ip, "none", 0);
+    limit_default(&r->auth_login, "none", 0);
+    limit_default(&r->fail_ip, "20/15m", 0);
+    limit_default(&r->fail_login, "50/15m", 0);
+}
+
+static void free_abuse(struct config *c)
+{
+    free(c->ratelimit.backend);
+    free(c->ratelimit.redis_host);
+    cidr_list_free(&c->ratelimit.exempt);
+    for (size_t i = 0; i < c->nratelimit_for; i++)
+        free(c->ratelimit_for[i].key);
+    free(c->ratelimit_for);
+}
+
 /* ---- blocks ----------------------------------------------------------------------- */
 
 static void *block_base(struct parser *p)
@@ -1034,6 +1286,12 @@ static void *block_base(struct parser *p)
         return &c->transports[p->idx];
     case B_DKIM:
         return &c->dkim[p->idx];
+    case B_RATELIMIT:
+        return &c->ratelimit;
+    case B_RLFOR:
+        return &c->ratelimit_for[p->idx];
+    case B_ABUSE:
+        return &c->abuse;
     case B_TOP:
         break;
     }
@@ -1116,14 +1374,20 @@ static void open_block(struct parser *p, char **w, size_t n, int line)
         open_ignored(p, b->name, line);
         return;
     }
-    if (b->arg && b->kind != B_DKIM && !valid_token(w[1], NAME_MAX_LEN)) {
+    if (b->kind == B_RLFOR && open_ratelimit_for(p, w[1], line) != 0) { /* abuse controls */
+        open_ignored(p, b->name, line);
+        return;
+    }
+    if (b->arg && b->kind != B_DKIM && b->kind != B_RLFOR && !valid_token(w[1], NAME_MAX_LEN)) {
         perr(p, line, "bad %s name `%s`: use letters, digits, `.`, `_` and `-` (at most %d characters)", b->name,
              w[1], NAME_MAX_LEN);
         open_ignored(p, b->name, line);
         return;
     }
     struct config *c = p->c;
-    if (!b->arg) {
+    if (b->kind == B_RLFOR) {
+        /* made by open_ratelimit_for() */
+    } else if (!b->arg) {
         int *first = &p->single_line[b->kind - B_TLS];
         if (*first) {
             perr(p, line, "duplicate `%s` block (the first is at line %d)", b->name, *first);
@@ -1301,6 +1565,9 @@ static void finish_block(struct parser *p)
     case B_TOP:
     case B_TLS:
     case B_TRANSPORT:
+    case B_RATELIMIT:
+    case B_RLFOR:
+    case B_ABUSE:
         break;
     }
 }
@@ -1597,6 +1864,12 @@ static void finish(struct parser *p)
         int ok = gethostname(h, sizeof(h) - 1) == 0 && valid_hostname(h);
         c->hostname = xstrdup(ok ? h : "localhost");
     }
+    if (!c->control_socket && c->spool_dir) { /* submitctl queue ...: default <spool-dir>/control.sock */
+        struct strbuf cs;
+        sb_init(&cs);
+        sb_printf(&cs, "%s/control.sock", c->spool_dir);
+        c->control_socket = sb_steal(&cs);
+    }
 }
 
 /* ---- life cycle --------------------------------------------------------------------- */
@@ -1667,6 +1940,7 @@ static void config_free(struct config *c)
         free(d->oversign);
     }
     free(c->dkim);
+    free_abuse(c);
     free(c);
 }
 
@@ -1685,6 +1959,7 @@ static struct config *parse_text(const char *name, const char *basedir, char *te
     apply_defaults(&c->tls, tls_keys, ARRAY_LEN(tls_keys));
     apply_defaults(&c->limits, limits_keys, ARRAY_LEN(limits_keys));
     apply_defaults(&c->queue, queue_keys, ARRAY_LEN(queue_keys));
+    abuse_defaults(c);
 
     struct parser p;
     memset(&p, 0, sizeof(p));

@@ -139,8 +139,63 @@ struct queue_cfg {
     unsigned retry_initial; /* s, default 300 */
     unsigned retry_max;     /* s, default 14400 */
     unsigned lifetime;      /* s, default 5 days */
-    unsigned delivery_threads; /* default 2 */
+    unsigned delivery_threads; /* default 16 */
+    unsigned delay_warning; /* s after arrival for a "delayed" DSN, default 4h; 0 = never */
+    uint64_t bounce_size;   /* a DSN returns the whole message up to this size (without RET), default 256K */
 };
+
+/* ---- abuse controls (src/abuse; docs/config.md `ratelimit`, `ratelimit-for`, `abuse`) ---- */
+/* A rate limit: `count` events per `period_ms` (for `bytes`: bytes, counted
+ * in KiB); count 0 = no limit. */
+struct rate_limit {
+    uint64_t count;
+    uint64_t period_ms;
+    int hard; /* past it: 550 5.7.1 instead of 451 4.7.1 (messages, recipients, bytes) */
+    int line; /* where it was set; 0 = default (in ratelimit-for: inherited) */
+};
+
+struct ratelimit_cfg {
+    char *backend;             /* "memory" (default) or "redis://host[:port][/db]" */
+    char *redis_host;          /* parsed from backend; NULL = memory */
+    unsigned redis_port;       /* default 6379 */
+    unsigned redis_db;         /* default 0 */
+    unsigned redis_timeout_ms; /* connect and command timeout, default 250 */
+    unsigned redis_retry;      /* s before trying Redis again after a failure, default 5 */
+    unsigned redis_threads;    /* threads (and connections) asking Redis, default 4 */
+    int fail_open;             /* Redis unreachable: 1 local counters (default), 0 refuse (451) */
+    unsigned table_size;       /* keys kept in memory, default 100000 */
+    struct rate_limit messages, recipients, bytes; /* per account */
+    struct rate_limit connections, auth_ip;        /* per client address (IPv6: per /64) */
+    struct rate_limit auth_login;                  /* AUTH attempts per login from unknown addresses */
+    struct rate_limit fail_ip, fail_login;         /* brute force: this many failures block */
+    unsigned block_time;       /* s a brute-force block lasts, default 15m */
+    unsigned known_ip_time;    /* s a successful login keeps its address known, default 30d */
+    struct cidr_list exempt;   /* client networks without per-address limits or blocks */
+};
+
+/* ratelimit-for KEY { }: limits for one login, or for every login of
+ * "@domain" (a login's own block wins over its domain's). */
+struct ratelimit_for_cfg {
+    char *key; /* lower-case login or "@domain" */
+    int line;
+    struct rate_limit messages, recipients, bytes;
+    int detect; /* -1 inherit from the abuse block, 0 no, 1 yes */
+};
+
+enum abuse_action { ABUSE_ALERT = 0, ABUSE_HOLD = 1, ABUSE_SUSPEND = 2 };
+
+struct abuse_cfg {
+    int detect;              /* compromised-account detection, default yes */
+    int action;              /* enum abuse_action, default alert */
+    unsigned window;         /* s: the baseline's unit ("per hour"), default 1h */
+    unsigned multiple;       /* trips past multiple x baseline, default 10 */
+    unsigned min_messages;   /* ... and never below this many per window, default 100 */
+    unsigned min_recipients; /* distinct recipients per window, default 500 */
+    unsigned max_ips;        /* client addresses per ip-window, default 10; 0 = not checked */
+    unsigned ip_window;      /* s, default 1h */
+    unsigned max_accounts;   /* account profiles kept in memory, default 100000 */
+};
+/* ---- end of abuse controls ---- */
 
 struct config {
     int refs;          /* atomic via config_ref/unref */
@@ -152,7 +207,7 @@ struct config {
     char *spool_dir;   /* default /var/spool/submitd */
     char *accounts;    /* accounts file (passwd-file format) */
     char *pid_file;    /* optional */
-    char *control_socket; /* optional; for submitctl */
+    char *control_socket; /* submitctl queue ...; default <spool-dir>/control.sock */
     int log_syslog;    /* log stderr|syslog */
     int log_level;     /* enum log_level */
     int listen_backlog;/* default 4096 */
@@ -168,6 +223,10 @@ struct config {
     struct tls_cfg tls;
     struct limits_cfg limits;
     struct queue_cfg queue;
+    struct ratelimit_cfg ratelimit; /* abuse controls (src/abuse) */
+    struct abuse_cfg abuse;
+    struct ratelimit_for_cfg *ratelimit_for;
+    size_t nratelimit_for;
 
     struct listener_cfg *listeners;
     size_t nlisteners;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "abuse/abuse.h"
 #include "auth/authcache.h"
 #include "core/log.h"
 #include "smtp/server.h"
@@ -85,6 +86,7 @@ int server_reload(struct server *s, struct errlist *errs)
     struct tls_server **nt = NULL;
     size_t nnt = 0;
     int ok = same_listeners(s->cfg, nc, errs);
+    int64_t accounts_read = abuse_now(); /* suspensions written before this are in na */
     if (ok) {
         na = accounts_load(nc->accounts, errs);
         ok = na != NULL;
@@ -118,6 +120,10 @@ int server_reload(struct server *s, struct errlist *errs)
     /* Accounts may have changed: forget every remembered login. */
     authcache_set_ttl(s->authcache, (uint64_t)nc->auth_cache_ttl * 1000u);
     authcache_clear(s->authcache);
+    if (s->abuse) {
+        abuse_reload(s->abuse, nc);
+        abuse_accounts_loaded(s->abuse, accounts_read);
+    }
     config_unref(oc);
     accounts_unref(oa);
     for (size_t i = 0; i < ont; i++)

@@ -1,8 +1,9 @@
 /* server: the runtime shared by every worker thread — the current config,
  * accounts and TLS contexts (swapped together on reload), the spool and
- * queue, the job pools, connection counters and the per-IP AUTH failure
- * table — and the per-thread worker that owns an event loop, its copies of
- * the listening sockets and its sessions. */
+ * queue, the job pools, connection counters and the abuse controls (rate
+ * limits, brute-force blocks, detection: src/abuse) — and the per-thread
+ * worker that owns an event loop, its copies of the listening sockets and
+ * its sessions. */
 #ifndef SUBMITD_SERVER_H
 #define SUBMITD_SERVER_H
 
@@ -23,6 +24,8 @@
 
 struct session;
 struct iptable;
+struct control;
+struct abuse;
 
 /* One listening socket (one per listener address per worker). */
 struct lsock {
@@ -63,6 +66,7 @@ struct server {
 
     struct spool *spool;
     struct queue *queue;
+    struct control *control; /* the admin socket (control/control.h); NULL until bound */
     struct jobq *auth_jobs;
     struct jobq *commit_jobs;
 
@@ -70,7 +74,7 @@ struct server {
     unsigned nworkers;
     struct conncount *conns; /* per listener */
     size_t nconns;
-    struct iptable *authfail; /* client IP -> recent AUTH failures */
+    struct abuse *abuse;      /* rate limits, brute force, detection (abuse/abuse.h) */
     struct authcache *authcache; /* recently verified credentials */
 
     atomic_int stopping;

@@ -20,8 +20,11 @@ SUBMITD = BUILD / "submitd"
 SUBMITCTL = BUILD / "submitctl"
 MKCERT = Path(os.environ.get("SUBMITD_MKCERT", str(REPO / "scripts" / "mkcert.sh")))
 SAN = os.environ.get("SUBMITD_SAN") == "1"
-# Timeouts are multiplied by this under ASan/UBSan.
-SLOW = 4 if SAN else 1
+# SUBMITD_VALGRIND=1 runs every daemon under valgrind memcheck (make valgrind):
+# a leak or memory error fails the test at stop().
+VALGRIND = os.environ.get("SUBMITD_VALGRIND") == "1"
+# Timeouts are multiplied by this under ASan/UBSan or valgrind.
+SLOW = 15 if VALGRIND else 4 if SAN else 1
 
 HOSTNAME = "mx.test"
 QID_RE = re.compile(rb"^[0-9A-Z]{16}$")
@@ -254,7 +257,12 @@ class Daemon:
         assert not self.running(), "daemon already running"
         self.start_mark = self.log_size()
         self.logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(SUBMITD), "-c", str(self.conf)], stdin=subprocess.DEVNULL,
+        argv = [str(SUBMITD), "-c", str(self.conf)]
+        if VALGRIND:
+            argv = ["valgrind", "--quiet", "--leak-check=full", "--errors-for-leak-kinds=definite",
+                    "--show-leak-kinds=definite", "--error-exitcode=97", "--trace-children=no",
+                    f"--log-file={self.root}/valgrind.%p.log"] + argv
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                      stdout=self.logf, stderr=subprocess.STDOUT, env=san_env(),
                                      cwd=str(self.root))
         deadline = time.monotonic() + timeout * SLOW
@@ -323,6 +331,10 @@ class Daemon:
         self._close_log()
 
     def check_sanitizers(self):
+        if VALGRIND:
+            bad = [p for p in self.root.glob("valgrind.*.log") if p.stat().st_size > 0]
+            assert not bad, "valgrind reports:\n" + "\n".join(p.read_text() for p in bad)
+            return
         if not SAN:
             return
         bad = [l for l in self.log_text().splitlines() if any(p in l for p in SAN_PATTERNS)]
@@ -398,6 +410,26 @@ class Daemon:
             c.ehlo(helo)
         c.auth_plain(user, password)
         return c
+
+
+def relocate_for_user(d, base, u):
+    """For a daemon that drops to user u (pwd entry): moves what it touches
+    after the drop (spool, Maildir, accounts copy) under base, a 0755
+    directory (pytest's own temp root is 0700), owned so that u can use
+    it, and rewrites the config."""
+    import shutil
+    d.spool = base / "spool"
+    d.maildir = base / "mail"
+    d.transport_path = str(d.maildir)
+    for p in (d.spool, d.maildir):
+        p.mkdir(mode=0o700)
+        os.chown(p, u.pw_uid, u.pw_gid)
+    acc = base / "accounts"
+    shutil.copy(d.accounts, acc)
+    os.chown(acc, 0, u.pw_gid)
+    os.chmod(acc, 0o640)
+    d.accounts = acc
+    d.write_config()
 
 
 class Factory:
@@ -720,3 +752,200 @@ def assert_delivered(data, frm, rcpt, msg, qid=None, esmtpsa=True, tls13=True,
     for s in secrets:
         assert s.encode() not in data, "secret found in delivered file"
         assert b64(s).encode() not in data
+
+
+# --------------------------------------------------------------------------
+# Loopback DNS server and SMTP receivers (relay tests; usable by any test)
+
+
+class DnsServer:
+    """dnsmasq on 127.0.0.1:<free port> serving only what `args` give
+    (e.g. --mx-host=, --host-record=, --txt-record=); with `local`, it is
+    authoritative for those domains (NXDOMAIN / NODATA instead of REFUSED
+    for names it does not know). Stopped by PID."""
+
+    def __init__(self, root, args=(), local=()):
+        import dns.resolver  # python3-dnspython
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        cmd = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--listen-address=127.0.0.1",
+               "--bind-interfaces", f"--port={self.port}", f"--pid-file={self.root / 'dnsmasq.pid'}",
+               "--user=root"]
+        cmd += [f"--local=/{d}/" for d in local]
+        cmd += list(args)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.resolver = dns.resolver.Resolver(configure=False)
+        self.resolver.nameservers = ["127.0.0.1"]
+        self.resolver.port = self.port
+        self.resolver.lifetime = 5
+        import dns.message
+        import dns.query
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError("dnsmasq exited: " + self.proc.stderr.read().decode("utf-8", "replace"))
+            try:
+                dns.query.udp(dns.message.make_query("probe.invalid", "A"), "127.0.0.1", port=self.port,
+                              timeout=0.5)
+                return True
+            except Exception:
+                return False
+        try:
+            wait_until(ready, 10, what="dnsmasq answering")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+class Receiver:
+    """An SMTP server (python3-aiosmtpd) on host:port in a thread, the far
+    end of the relay transports. Records every message handed over
+    (envelope, ESMTP options, the exact un-dot-stuffed bytes, TLS, AUTH
+    login), counts connections, keeps the raw chunks it read (to see
+    pipelining), and answers as scripted:
+      tls: "starttls" | "implicit" | None (needs certs)
+      auth: {login: password} -> AUTH offered (after TLS by default);
+        auth_exclude: mechanisms not offered (e.g. ["PLAIN"])
+      rcpt_replies: {address: "550 5.1.1 ..."}
+      data_replies: replies for successive DATA (then 250)
+      pipelining, dsn: announce PIPELINING / DSN in the EHLO reply."""
+
+    def __init__(self, host="127.0.0.1", port=None, *, certs=None, tls=None, auth=None,
+                 auth_require_tls=True, auth_exclude=(), rcpt_replies=None, data_replies=(), pipelining=True,
+                 dsn=True):
+        import ssl as _ssl
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import SMTP, AuthResult
+        self.host = host
+        self.port = port or free_port(host=host)
+        self.messages = []
+        self.auth_attempts = []
+        self.connections = 0
+        self.chunks = []
+        self.rcpt_replies = dict(rcpt_replies or {})
+        self.data_replies = list(data_replies)
+        self.data_calls = 0
+        self.pipelining = pipelining
+        self.dsn = dsn
+        rx = self
+
+        class Handler:
+            async def handle_EHLO(self, server, session, envelope, hostname, responses):
+                session.host_name = hostname
+                extra = (["250-PIPELINING"] if rx.pipelining else []) + (["250-DSN"] if rx.dsn else [])
+                return responses[:-1] + extra + responses[-1:]
+
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                if address in rx.rcpt_replies:
+                    return rx.rcpt_replies[address]
+                envelope.rcpt_tos.append(address)
+                envelope.rcpt_options.extend(rcpt_options)
+                return "250 2.1.5 OK"
+
+            async def handle_DATA(self, server, session, envelope):
+                rx.data_calls += 1
+                reply = rx.data_replies.pop(0) if rx.data_replies else "250 2.0.0 accepted"
+                rx.messages.append({
+                    "mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos),
+                    "mail_options": list(envelope.mail_options), "rcpt_options": list(envelope.rcpt_options),
+                    "data": envelope.original_content, "tls": session.ssl is not None or tls == "implicit",
+                    "auth": getattr(session, "relay_login", None),
+                    "helo": session.host_name, "reply": reply,
+                })
+                return reply
+
+        def authenticator(server, session, envelope, mechanism, data):
+            login, password = data.login.decode(), data.password.decode()
+            rx.auth_attempts.append((mechanism, login))
+            ok = (auth or {}).get(login) == password
+            if ok:
+                session.relay_login = login
+            return AuthResult(success=ok, handled=False)
+
+        class RecvSMTP(SMTP):
+            def connection_made(self, transport):
+                if self._original_transport is None:
+                    rx.connections += 1
+                super().connection_made(transport)
+
+            def data_received(self, data):
+                rx.chunks.append(data)
+                super().data_received(data)
+
+            def _getparams(self, params):
+                # accept the DSN parameters (RFC 3461) aiosmtpd does not know
+                got = super()._getparams(params)
+                if got is not None:
+                    for k in ("RET", "ENVID", "NOTIFY", "ORCPT"):
+                        got.pop(k, None)
+                return got
+
+        class RecvController(Controller):
+            def factory(self):
+                return RecvSMTP(self.handler, **self.SMTP_kwargs)
+
+        kw = {}
+        if tls:
+            ctx = _ssl.SSLContext(_ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(certs["ecdsa_crt"]), str(certs["ecdsa_key"]))
+            if tls == "starttls":
+                kw["tls_context"] = ctx
+            else:
+                kw["ssl_context"] = ctx
+        if auth is not None:
+            kw["authenticator"] = authenticator
+            # aiosmtpd 1.4 counts only STARTTLS as TLS: on an implicit TLS port it would never offer AUTH
+            kw["auth_require_tls"] = auth_require_tls and tls != "implicit"
+            kw["auth_exclude_mechanism"] = list(auth_exclude)
+        self.controller = RecvController(Handler(), hostname=host, port=self.port, server_hostname="rx.test",
+                                         **kw)
+        self.controller.start()
+        self.connections = 0  # not the controller's own readiness probe
+        self.chunks = []
+
+    def stop(self):
+        self.controller.stop()
+
+    def wait_messages(self, n, timeout=15):
+        wait_until(lambda: len(self.accepted()) >= n, timeout * SLOW, what=f"{n} message(s) at {self.host}")
+        return self.accepted()
+
+    def accepted(self):
+        return [m for m in self.messages if m["reply"].startswith("250")]
+
+    def pipelined(self):
+        """True when one read held MAIL FROM, RCPT TO and DATA together."""
+        return any(b"MAIL FROM:" in c and b"RCPT TO:" in c and b"DATA\r\n" in c for c in self.chunks)
+
+
+def submit(d, frm, rcpts, subject="test", mail_params="", rcpt_params=None):
+    """Logs in as ALICE on d and submits one make_msg message from frm to
+    rcpts (rcpt_params: {rcpt: " NOTIFY=..."}). Returns (queue id, message)."""
+    msg = make_msg(frm if frm else ALICE, rcpts[0], subject=subject)
+    with d.login(ALICE, pw(ALICE)) as c:
+        c.check(f"MAIL FROM:<{frm}>{mail_params}", 250, "2.1.0")
+        for r in rcpts:
+            c.check(f"RCPT TO:<{r}>{(rcpt_params or {}).get(r, '')}", 250, "2.1.5")
+        c.check("DATA", 354)
+        c.send(dot_stuff(msg) + b".\r\n")
+        qid = queued_id(c.reply())
+    return qid, msg
+
+
+def received_parts(data):
+    """Splits relayed bytes (CRLF) into (prepend header lines, the rest):
+    the prepend block is Received: (folded) and, when signing, DKIM-Signature:."""
+    pos = 0
+    while True:
+        m = re.match(rb"(Received|DKIM-Signature): [^\r]*\r\n(?:[ \t][^\r]*\r\n)*", data[pos:])
+        if not m:
+            return data[:pos], data[pos:]
+        pos += m.end()

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from harness import (ALICE, BOB, SLOW, SUBMITD, SMTPClient, assert_delivered, free_port, have_ipv6_loopback,
-                     make_msg, pw, san_env)
+                     make_msg, pw, relocate_for_user, san_env)
 
 
 def check_config(path):
@@ -195,18 +195,7 @@ def test_privilege_drop(make_daemon, tmp_path_factory):
     try:
         d = make_daemon(start=False, user="submitd")
         # everything the dropped daemon touches lives under base (0755)
-        d.spool = base / "spool"
-        d.maildir = base / "mail"
-        d.transport_path = str(d.maildir)
-        for p in (d.spool, d.maildir):
-            p.mkdir(mode=0o700)
-            os.chown(p, u.pw_uid, u.pw_gid)
-        acc = base / "accounts"
-        shutil.copy(d.accounts, acc)
-        os.chown(acc, 0, u.pw_gid)
-        os.chmod(acc, 0o640)
-        d.accounts = acc
-        d.write_config()
+        relocate_for_user(d, base, u)
         d.start()
         status = open(f"/proc/{d.pid}/status").read()
         uid_line = [l for l in status.splitlines() if l.startswith("Uid:")][0]

@@ -10,17 +10,14 @@ forward-zone to the dnsmasq port, sent no query at all."""
 
 import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import dkim
-import dns.resolver
 import pytest
 
-from harness import (ALICE, CAROL, SLOW, SUBMITD, dot_stuff, free_port, make_msg, pw, san_env,
-                     submitctl, wait_until)
+from harness import ALICE, CAROL, SLOW, SUBMITD, DnsServer, dot_stuff, make_msg, pw, san_env, submitctl
 
 HERE = Path(__file__).resolve().parent
 DOMAIN = "example.test"
@@ -51,30 +48,17 @@ def dkimenv(tmp_path_factory):
                                      f"ed1._domainkey.{DOMAIN} {ed_rec}\n")
     (d / "opendkim.conf").write_text(f"Mode v\nSyslog no\nAuthservID verifier.test\n"
                                      f"TestPublicKeys {d / 'opendkim.keys'}\n")
-    port = free_port()
-    args = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--listen-address=127.0.0.1",
-            "--bind-interfaces", f"--port={port}", f"--pid-file={d / 'dnsmasq.pid'}", "--user=root"]
+    args = []
     for sel, rec in (("rsa1", rsa_rec), ("ed1", ed_rec)):
         parts = [rec[i:i + 200] for i in range(0, len(rec), 200)]
         args.append(f"--txt-record={sel}._domainkey.{DOMAIN}," + ",".join(parts))
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    res = dns.resolver.Resolver(configure=False)
-    res.nameservers = ["127.0.0.1"]
-    res.port = port
-    res.lifetime = 5
-
-    def ready():
-        try:
-            return list(res.resolve(f"rsa1._domainkey.{DOMAIN}", "TXT"))
-        except Exception:
-            return None
+    dnsd = DnsServer(d / "dns", args=args)
     try:
-        wait_until(ready, 10, what="dnsmasq answering")
-        yield {"dir": d, "rsa_key": rsa_key, "ed_key": ed_key, "port": port, "resolver": res,
+        assert list(dnsd.resolver.resolve(f"rsa1._domainkey.{DOMAIN}", "TXT"))
+        yield {"dir": d, "rsa_key": rsa_key, "ed_key": ed_key, "port": dnsd.port, "resolver": dnsd.resolver,
                "records": {"rsa1": rsa_rec, "ed1": ed_rec}}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
+        dnsd.stop()
 
 
 def block(env, canon="relaxed/relaxed", keys=("rsa1", "ed1"), extra=()):

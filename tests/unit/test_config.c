@@ -170,7 +170,7 @@ static void test_defaults(void **state)
     assert_string_equal(c->spool_dir, "/var/spool/submitd");
     assert_string_equal(c->accounts, f->acc);
     assert_null(c->pid_file);
-    assert_null(c->control_socket);
+    assert_string_equal(c->control_socket, "/var/spool/submitd/control.sock");
     assert_int_equal(c->log_syslog, 0);
     assert_int_equal(c->log_level, LOG_LVL_INFO);
     assert_int_equal(c->listen_backlog, 4096);
@@ -211,7 +211,9 @@ static void test_defaults(void **state)
     assert_int_equal(c->queue.retry_initial, 300);
     assert_int_equal(c->queue.retry_max, 14400);
     assert_int_equal(c->queue.lifetime, 5 * 86400);
-    assert_int_equal(c->queue.delivery_threads, 2);
+    assert_int_equal(c->queue.delivery_threads, 16);
+    assert_int_equal(c->queue.delay_warning, 4 * 3600);
+    assert_int_equal(c->queue.bounce_size, 256 * 1024);
 
     assert_int_equal(c->nlisteners, 1);
     const struct listener_cfg *l = &c->listeners[0];
@@ -496,7 +498,8 @@ struct err_case {
 
 static const struct err_case err_cases[] = {
     {"foo 1\n", 14, "unknown key `foo` at top level"},
-    {"control-socket /run/submitd.sock\n", 14, "unknown key `control-socket` at top level"},
+    {"control-socket /run/submitd.sock\ncontrol-socket /run/x.sock\n", 15,
+     "duplicate key `control-socket` (first set at line 14)"},
     {"message-size 1M\n", 14, "unknown key `message-size` at top level (it belongs in the limits block)"},
     {"limits {\n    foo 1\n}\n", 15, "unknown key `foo` in limits block"},
     {"limits {\n    port 1\n}\n", 15, "unknown key `port` in limits block (it belongs in the listener block)"},
