@@ -1864,6 +1864,8 @@ static void finish(struct parser *p)
         int ok = gethostname(h, sizeof(h) - 1) == 0 && valid_hostname(h);
         c->hostname = xstrdup(ok ? h : "localhost");
     }
+    for (size_t i = 0; i < c->ntransports; i++)
+        c->transports[i].hostname = c->hostname;
     if (!c->control_socket && c->spool_dir) { /* submitctl queue ...: default <spool-dir>/control.sock */
         struct strbuf cs;
         sb_init(&cs);

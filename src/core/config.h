@@ -81,6 +81,7 @@ struct transport_cfg {
     char *path; /* maildir: may contain %u (local part), %d (domain), %a (address) */
     struct kv *opts;
     size_t nopts;
+    const char *hostname; /* the config's `hostname` (network transports' default HELO); owned by the config */
 };
 
 /* route PATTERN TRANSPORT: PATTERN is a recipient domain, "*.domain" or

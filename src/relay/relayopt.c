@@ -388,6 +388,8 @@ int relay_opts_parse(const struct transport_cfg *cfg, enum relay_kind kind, stru
     unsigned kbit = kind == RELAY_MX ? KIND_MX : KIND_SH;
     int bad = 0, implicit = 0, url_line = 0, starttls_line = 0;
     set_defaults(o, kind);
+    if (cfg->hostname && valid_hostname(cfg->hostname))
+        str_copy(o->helo, cfg->hostname, sizeof(o->helo)); /* the config's hostname; `helo` overrides */
     str_copy(o->name, tname(cfg), sizeof(o->name));
     if (cfg->path) {
         errlist_add(errs, file, cfg->line, "transport %s: `path` is for maildir transports, not %s", tname(cfg),

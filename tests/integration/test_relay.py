@@ -83,7 +83,7 @@ def receivers():
 
 def mx_block(zone, port, extra=()):
     lines = ["transport direct {", "    type mx", f"    resolver 127.0.0.1:{zone.port}", f"    port {port}",
-             "    helo relay.mx.test", "    connect-timeout 2s", "    command-timeout 10s"]
+             "    connect-timeout 2s", "    command-timeout 10s"]
     lines += [f"    {e}" for e in extra]
     lines.append("}")
     for dom in ("two.test", "down.test", "amx.test", "flaky.test", "nullmx.test", "nope.test"):
@@ -255,7 +255,7 @@ def test_mx_preference_order_and_rcpt_5xx(make_daemon, receivers, zone, mxport, 
     m = rx1.wait_messages(1)[0]
     assert_relayed(m, ALICE, ["u1@two.test", "u2@two.test"], msg, qid)
     assert m["tls"], "opportunistic STARTTLS was not used"
-    assert m["helo"] == "relay.mx.test"
+    assert m["helo"] == "mx.test", "the default HELO is the config's hostname"
     failed = d.wait_log(rf"event=failed qid={qid} rcpt=nobody@two.test ")
     assert "550 5.1.1" in failed and "reason=permanent" in failed and "attempts=1" in failed, failed
     d.wait_log(rf"event=delivered qid={qid} rcpt=u1@two.test ")
