@@ -6,6 +6,8 @@
 #   make SAN=1      sanitizer build into build-san/
 #   make fuzz       run the libFuzzer harnesses for a while (clang)
 #   make clang-check  the same build with clang -Werror into build-clang/
+#   make valgrind   integration tests with the daemon under valgrind memcheck
+#   make bench      submitd vs Postfix and Haraka (docs/performance.md)
 
 CC ?= cc
 ifeq ($(CC),cc)
