@@ -1,6 +1,7 @@
 /* util: see util.h. */
 #include "core/util.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -356,4 +357,20 @@ void path_dir(const char *path, char *dir, size_t n)
         str_copy(dir, "/", n);
     else
         snprintf(dir, n, "%.*s", (int)(slash - path), path);
+}
+
+void sockaddr_text(const struct sockaddr *sa, char *buf, size_t n)
+{
+    char ip[INET6_ADDRSTRLEN];
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+        snprintf(buf, n, "[%s]:%u", ip, (unsigned)ntohs(s6->sin6_port));
+    } else if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+        snprintf(buf, n, "%s:%u", ip, (unsigned)ntohs(s4->sin_port));
+    } else {
+        str_copy(buf, "?", n);
+    }
 }

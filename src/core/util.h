@@ -75,6 +75,10 @@ void rfc5322_date(time_t t, char *buf, size_t n);
 
 /* Writes all of buf to fd, retrying on EINTR/short writes. 0 or -1 (errno). */
 int write_all(int fd, const void *buf, size_t n);
+
+struct sockaddr;
+/* "192.0.2.1:25" / "[2001:db8::1]:25"; "?" for other families. */
+void sockaddr_text(const struct sockaddr *sa, char *buf, size_t n);
 /* Reads a whole small file (max bytes) into a NUL-terminated buffer. */
 char *read_file_max(const char *path, size_t max, size_t *len_out);
 /* The directory part of path into dir: "." when there is none, "/" for "/x". */

@@ -177,22 +177,6 @@ int dns_addr_literal(const char *dom, uint16_t port, struct sockaddr_storage *ou
     return 1;
 }
 
-void dns_addr_text(const struct sockaddr *sa, char *buf, size_t n)
-{
-    char ip[INET6_ADDRSTRLEN];
-    if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
-        snprintf(buf, n, "[%s]:%u", ip, (unsigned)ntohs(s6->sin6_port));
-    } else if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
-        snprintf(buf, n, "%s:%u", ip, (unsigned)ntohs(s4->sin_port));
-    } else {
-        str_copy(buf, "?", n);
-    }
-}
-
 /* ---- c-ares plumbing ------------------------------------------------------------ */
 
 static pthread_once_t ares_once = PTHREAD_ONCE_INIT;

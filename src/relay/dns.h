@@ -63,7 +63,5 @@ enum dns_status dns_addrs(const struct dns_opts *o, const char *host, uint16_t p
  * literal, -1 when it is a malformed one. */
 int dns_addr_literal(const char *dom, uint16_t port, struct sockaddr_storage *out);
 
-/* "192.0.2.1:25" / "[2001:db8::1]:25". */
-void dns_addr_text(const struct sockaddr *sa, char *buf, size_t n);
 
 #endif

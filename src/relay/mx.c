@@ -142,7 +142,7 @@ static void deliver_domain(struct relay_inst *ri, struct spool_msg *m, const cha
     if (isl) {
         d.hosts = xcalloc(1, sizeof(*d.hosts));
         d.nhosts = 1;
-        dns_addr_text((const struct sockaddr *)&lit, d.litname, sizeof(d.litname));
+        sockaddr_text((const struct sockaddr *)&lit, d.litname, sizeof(d.litname));
         char *colon = strrchr(d.litname, ':'); /* drop ":port" and IPv6 brackets */
         if (colon)
             *colon = '\0';

@@ -419,7 +419,7 @@ struct relay_conn *relay_open(const struct relay_opts *o, const struct relay_tar
     memset(f, 0, sizeof(*f));
     struct relay_conn *rc = xcalloc(1, sizeof(*rc));
     str_copy(rc->host, t->host, sizeof(rc->host));
-    dns_addr_text(t->sa, rc->peer, sizeof(rc->peer));
+    sockaddr_text(t->sa, rc->peer, sizeof(rc->peer));
     str_copy(rc->key, rc->peer, sizeof(rc->key));
     char et[256], w[400];
     enum smtpc_err e;
@@ -750,7 +750,7 @@ enum relay_tx relay_deliver_addrs(const struct relay_attempt *a, const struct so
         relay_result_set(&res[i], DR_TEMP, "451 4.4.4", "%s: no address to try", a->host);
     for (size_t k = 0; k < naddrs && nopen > 0; k++) {
         char key[64];
-        dns_addr_text((const struct sockaddr *)&addrs[k], key, sizeof(key));
+        sockaddr_text((const struct sockaddr *)&addrs[k], key, sizeof(key));
         (*addrs_used)++;
         struct relay_fail f;
         struct relay_conn *rc = get_conn(a, &addrs[k], key, &f);

@@ -66,22 +66,6 @@ static void set_err(struct smtpc *c, enum smtpc_err e, const char *fmt, ...)
     va_end(ap);
 }
 
-static void addr_text(const struct sockaddr *sa, char *buf, size_t n)
-{
-    char ip[INET6_ADDRSTRLEN] = "?";
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
-        snprintf(buf, n, "%s:%u", ip, ntohs(s4->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
-        snprintf(buf, n, "[%s]:%u", ip, ntohs(s6->sin6_port));
-    } else {
-        snprintf(buf, n, "?");
-    }
-}
-
 /* Milliseconds left until `deadline` (monotonic ms), at least 0. */
 static int left_ms(uint64_t deadline)
 {
@@ -108,7 +92,7 @@ struct smtpc *smtpc_connect(const struct sockaddr *sa, socklen_t salen, int time
                             char *errtext, size_t errlen)
 {
     char peer[64];
-    addr_text(sa, peer, sizeof(peer));
+    sockaddr_text(sa, peer, sizeof(peer));
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         *err = classify_errno(errno);

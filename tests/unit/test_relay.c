@@ -106,10 +106,10 @@ static void test_literal(void **state)
     struct sockaddr_storage ss;
     char t[80];
     assert_int_equal(dns_addr_literal("[192.0.2.7]", 25, &ss), 1);
-    dns_addr_text((struct sockaddr *)&ss, t, sizeof(t));
+    sockaddr_text((struct sockaddr *)&ss, t, sizeof(t));
     assert_string_equal(t, "192.0.2.7:25");
     assert_int_equal(dns_addr_literal("[IPv6:2001:db8::1]", 2525, &ss), 1);
-    dns_addr_text((struct sockaddr *)&ss, t, sizeof(t));
+    sockaddr_text((struct sockaddr *)&ss, t, sizeof(t));
     assert_string_equal(t, "[2001:db8::1]:2525");
     assert_int_equal(dns_addr_literal("example.com", 25, &ss), 0);
     assert_int_equal(dns_addr_literal("[example.com]", 25, &ss), -1);
