@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,12 +31,27 @@
 #define ST_LINE_MAX 8192
 #define ENV_RCPTS_MAX 1000000u
 
+/* Group commit of queue/'s directory entries: every thread that renamed
+ * a file into queue/ or unlinked one there needs an fsync of queue/ that
+ * started after its change. One fsync covers every change made before it
+ * started, so concurrent committers share it instead of each paying one. */
+struct dirsync {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t changes;   /* changes registered so far (a counter) */
+    uint64_t synced;    /* changes 1..synced are durable */
+    uint64_t failed;    /* an fsync covering changes up to this one failed */
+    int failed_errno;
+    int running;        /* an fsync is in progress */
+};
+
 struct spool {
     char *dir;
     int dfd;      /* the spool directory */
     int tmpfd;    /* tmp/ */
     int qfd;      /* queue/ */
     int cfd;      /* corrupt/ */
+    struct dirsync ds;
 };
 
 struct spool_writer {
@@ -570,6 +586,8 @@ struct spool *spool_open(const char *dir, struct errlist *errs)
         return NULL;
     }
     struct spool *s = xcalloc(1, sizeof(*s));
+    pthread_mutex_init(&s->ds.mu, NULL);
+    pthread_cond_init(&s->ds.cv, NULL);
     s->dir = xstrdup(dir);
     s->tmpfd = s->qfd = s->cfd = -1;
     s->dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -597,8 +615,53 @@ void spool_close(struct spool *s)
     for (size_t i = 0; i < ARRAY_LEN(fds); i++)
         if (fds[i] >= 0)
             close(fds[i]);
+    pthread_mutex_destroy(&s->ds.mu);
+    pthread_cond_destroy(&s->ds.cv);
     free(s->dir);
     free(s);
+}
+
+/* Makes every change to queue/ made by this thread so far durable: waits
+ * for an fsync of queue/ that started after the call, running it if no
+ * other thread is. 0, or -1 with errno if the fsync that covers this
+ * thread's change failed. */
+static int queue_dir_sync(struct spool *s)
+{
+    struct dirsync *d = &s->ds;
+    pthread_mutex_lock(&d->mu);
+    uint64_t mine = ++d->changes;
+    int rc = 0;
+    for (;;) {
+        if (d->synced >= mine)
+            break;
+        if (d->failed >= mine) {
+            errno = d->failed_errno;
+            rc = -1;
+            break;
+        }
+        if (d->running) {
+            pthread_cond_wait(&d->cv, &d->mu);
+            continue;
+        }
+        d->running = 1;
+        uint64_t covers = d->changes;
+        pthread_mutex_unlock(&d->mu);
+        int r = fsync(s->qfd);
+        int e = errno;
+        pthread_mutex_lock(&d->mu);
+        d->running = 0;
+        if (r == 0) {
+            if (covers > d->synced)
+                d->synced = covers;
+        } else {
+            if (covers > d->failed)
+                d->failed = covers;
+            d->failed_errno = e ? e : EIO;
+        }
+        pthread_cond_broadcast(&d->cv);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return rc;
 }
 
 const char *spool_dir(const struct spool *s)
@@ -741,7 +804,7 @@ int spool_commit(struct spool_writer *w, const struct envelope *e)
         err = errno;
     if (err) {
         unlinkat(s->tmpfd, w->id, 0);
-    } else if (fsync(s->qfd) != 0) {
+    } else if (queue_dir_sync(s) != 0) {
         err = errno;
         /* not durable: the client is told 451 and sends again, so this
          * copy must not be delivered as well */
@@ -968,7 +1031,7 @@ static int st_write(struct spool *s, struct msg_priv *p, const char *buf, size_t
         p->stfd = openat(s->qfd, name, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (p->stfd < 0 && errno == EEXIST)
             p->stfd = openat(s->qfd, name, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
-        else if (p->stfd >= 0 && fsync(s->qfd) != 0) /* the new name must be durable too */
+        else if (p->stfd >= 0 && queue_dir_sync(s) != 0) /* the new name must be durable too */
             return -1;
         if (p->stfd < 0)
             return -1;
@@ -1333,7 +1396,7 @@ int spool_remove(struct spool *s, const char *id)
     int e = 0;
     if (unlinkat(s->qfd, name, 0) != 0 && errno != ENOENT)
         e = errno;
-    if (fsync(s->qfd) != 0 && !e)
+    if (queue_dir_sync(s) != 0 && !e)
         e = errno;
     errno = e;
     return e ? -1 : 0;
@@ -1361,7 +1424,7 @@ int spool_quarantine(struct spool *s, const char *id)
     snprintf(dstst, sizeof(dstst), "%s.st", dst);
     if (rename_noreplace(s->qfd, st, s->cfd, dstst) != 0 && errno != ENOENT && !e)
         e = errno;
-    if ((fsync(s->cfd) != 0 || fsync(s->qfd) != 0) && !e)
+    if ((fsync(s->cfd) != 0 || queue_dir_sync(s) != 0) && !e)
         e = errno;
     errno = e;
     return e ? -1 : 0;

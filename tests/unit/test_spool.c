@@ -3,7 +3,8 @@
  * commit failures leaving nothing behind, torn/foreign/corrupt files, the
  * .st status log (replay, torn last record, bad records; hold, release
  * and reported records, read-only peeks), remove,
- * quarantine, scan order and tmp/ clean-up at open. */
+ * quarantine, scan order and tmp/ clean-up at open, and concurrent commits
+ * and removals sharing the group fsync of queue/. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +14,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -883,6 +885,89 @@ static void test_scan_and_open_cleanup(void **state)
     free(dir);
 }
 
+/* Threads committing and removing at once share the fsyncs of queue/
+ * (queue_dir_sync): every commit still returns only when its file is in
+ * queue/, every message reads back whole, every removal is gone. */
+#define CC_THREADS 8
+#define CC_PER 40
+
+struct cc_arg {
+    struct spool *s;
+    int t;
+    char ids[CC_PER][QID_LEN + 1];
+    int bad; /* no cmocka asserts off the main thread */
+};
+
+static void *cc_thread(void *arg)
+{
+    struct cc_arg *a = arg;
+    char body[600];
+    for (int i = 0; i < CC_PER; i++) {
+        int n = snprintf(body, sizeof(body), "Subject: t%d m%d\r\n\r\nbody %d/%d\r\n", a->t, i, a->t, i);
+        struct envelope e;
+        fill_env(&e, 1);
+        qid_new(a->ids[i]);
+        memcpy(e.id, a->ids[i], QID_LEN + 1);
+        struct spool_writer *w = spool_writer_new(a->s, a->ids[i]);
+        if (!w) {
+            a->bad++;
+            envelope_free(&e);
+            continue;
+        }
+        spool_writer_write(w, body, (size_t)n);
+        e.size = spool_writer_size(w);
+        if (spool_commit(w, &e) != 0)
+            a->bad++;
+        envelope_free(&e);
+        /* every other message is delivered (removed) while others commit */
+        if (i % 2 == 1 && spool_remove(a->s, a->ids[i - 1]) != 0)
+            a->bad++;
+    }
+    return NULL;
+}
+
+static void test_concurrent_commits(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    static struct cc_arg args[CC_THREADS];
+    pthread_t th[CC_THREADS];
+    for (int t = 0; t < CC_THREADS; t++) {
+        args[t] = (struct cc_arg){.s = s, .t = t};
+        assert_int_equal(pthread_create(&th[t], NULL, cc_thread, &args[t]), 0);
+    }
+    for (int t = 0; t < CC_THREADS; t++)
+        assert_int_equal(pthread_join(th[t], NULL), 0);
+    for (int t = 0; t < CC_THREADS; t++) {
+        assert_int_equal(args[t].bad, 0);
+        for (int i = 0; i < CC_PER; i++) {
+            struct spool_msg *m;
+            char err[128] = "", want[128], got[128];
+            int rc = spool_msg_open(s, args[t].ids[i], &m, err, sizeof(err));
+            if (i % 2 == 0) {
+                assert_int_equal(rc, -1);
+                assert_int_equal(errno, ENOENT);
+                continue;
+            }
+            assert_int_equal(rc, 0);
+            int n = snprintf(want, sizeof(want), "Subject: t%d m%d\r\n\r\nbody %d/%d\r\n", t, i, t, i);
+            assert_int_equal(m->env.size, (uint64_t)n);
+            assert_int_equal(spool_msg_pread(m, got, sizeof(got), 0), n);
+            assert_memory_equal(got, want, (size_t)n);
+            spool_msg_close(m);
+        }
+    }
+    char *q = list_dir(dir, "queue"), *tmp = list_dir(dir, "tmp");
+    assert_int_equal(strlen(q), (size_t)(CC_THREADS * CC_PER / 2) * (QID_LEN + 1) - 1);
+    assert_string_equal(tmp, "");
+    free(q);
+    free(tmp);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     log_init("test_spool", 0, LOG_LVL_ERR);
@@ -895,6 +980,7 @@ int main(void)
         cmocka_unit_test(test_status_log_hold_and_reports),
         cmocka_unit_test(test_corrupt_files),
         cmocka_unit_test(test_scan_and_open_cleanup),
+        cmocka_unit_test(test_concurrent_commits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
