@@ -2,7 +2,8 @@
  * format v1). Owns the envelope codec, the directory layout (tmp/, queue/,
  * corrupt/), message writers and their commit (fsync + rename + directory
  * fsync), the checksummed footer that detects torn or foreign files, the
- * append-only per-recipient status log (queue/ID.st) and the recovery scan. */
+ * append-only per-recipient status log (queue/ID.st), the recycling of
+ * removed queue files into new messages and the recovery scan. */
 #include "queue/spool.h"
 
 #include <dirent.h>
@@ -30,6 +31,11 @@
 #define WBUF_SIZE (64 * 1024)
 #define ST_LINE_MAX 8192
 #define ENV_RCPTS_MAX 1000000u
+/* Removed queue files kept (in tmp/, open for writing) for new messages:
+ * at most this many, and only files up to this size. */
+#define RECYCLE_MAX 64
+#define RECYCLE_SIZE_MAX (256 * 1024)
+#define TMPNAME_LEN 48
 
 /* Group commit of queue/'s directory entries: every thread that renamed
  * a file into queue/ or unlinked one there needs an fsync of queue/ that
@@ -45,6 +51,18 @@ struct dirsync {
     int running;        /* an fsync is in progress */
 };
 
+/* Files of removed messages, renamed to tmp/free.PID.N and kept open:
+ * a new message overwrites one instead of creating a file, which saves
+ * the file system an inode allocation and release (and the release of
+ * the data blocks) per message. */
+struct recycle {
+    pthread_mutex_t mu;
+    size_t n;
+    uint64_t seq;
+    int fds[RECYCLE_MAX];
+    char names[RECYCLE_MAX][TMPNAME_LEN];
+};
+
 struct spool {
     char *dir;
     int dfd;      /* the spool directory */
@@ -52,11 +70,15 @@ struct spool {
     int qfd;      /* queue/ */
     int cfd;      /* corrupt/ */
     struct dirsync ds;
+    struct recycle rc;
 };
 
 struct spool_writer {
     struct spool *s;
     char id[QID_LEN + 1];
+    char tmpname[TMPNAME_LEN]; /* tmp/ID, or a recycled tmp/free.PID.N */
+    int recycled;              /* the file may be longer than what we wrote */
+    uint64_t written;          /* bytes written from offset 0 */
     int fd;
     int err;
     uint64_t size;
@@ -565,7 +587,9 @@ static void clean_tmp(struct spool *s)
     while ((de = readdir(d)) != NULL) {
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
             continue;
-        if (unlinkat(s->tmpfd, de->d_name, 0) == 0)
+        if (strncmp(de->d_name, "free.", 5) == 0) /* a recycled file: no message in it */
+            unlinkat(s->tmpfd, de->d_name, 0);
+        else if (unlinkat(s->tmpfd, de->d_name, 0) == 0)
             logkv(LOG_LVL_WARN, NULL, "spool.tmp_removed", "file=%s note=\"unfinished message from before a restart\"",
                   log_q(q, sizeof(q), de->d_name));
         else
@@ -588,6 +612,7 @@ struct spool *spool_open(const char *dir, struct errlist *errs)
     struct spool *s = xcalloc(1, sizeof(*s));
     pthread_mutex_init(&s->ds.mu, NULL);
     pthread_cond_init(&s->ds.cv, NULL);
+    pthread_mutex_init(&s->rc.mu, NULL);
     s->dir = xstrdup(dir);
     s->tmpfd = s->qfd = s->cfd = -1;
     s->dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -611,10 +636,16 @@ void spool_close(struct spool *s)
 {
     if (!s)
         return;
+    for (size_t i = 0; i < s->rc.n; i++) {
+        if (s->tmpfd >= 0)
+            unlinkat(s->tmpfd, s->rc.names[i], 0);
+        close(s->rc.fds[i]);
+    }
     int fds[] = {s->dfd, s->tmpfd, s->qfd, s->cfd};
     for (size_t i = 0; i < ARRAY_LEN(fds); i++)
         if (fds[i] >= 0)
             close(fds[i]);
+    pthread_mutex_destroy(&s->rc.mu);
     pthread_mutex_destroy(&s->ds.mu);
     pthread_cond_destroy(&s->ds.cv);
     free(s->dir);
@@ -680,6 +711,70 @@ static int rename_noreplace(int ofd, const char *old, int nfd, const char *new)
     return renameat(ofd, old, nfd, new);
 }
 
+/* ---- recycled files ------------------------------------------------------------ */
+
+/* A recycled file (open for writing, at offset 0) and its name in tmp/,
+ * or -1 when there is none. */
+static int recycled_take(struct spool *s, char name[TMPNAME_LEN])
+{
+    for (;;) {
+        int fd = -1;
+        pthread_mutex_lock(&s->rc.mu);
+        if (s->rc.n > 0) {
+            s->rc.n--;
+            fd = s->rc.fds[s->rc.n];
+            memcpy(name, s->rc.names[s->rc.n], TMPNAME_LEN);
+        }
+        pthread_mutex_unlock(&s->rc.mu);
+        if (fd < 0 || lseek(fd, 0, SEEK_SET) == 0)
+            return fd;
+        unlinkat(s->tmpfd, name, 0);
+        close(fd);
+    }
+}
+
+/* Keeps fd (tmp/name) for a later message; removes it when the pool is full. */
+static void recycled_put(struct spool *s, int fd, const char *name)
+{
+    pthread_mutex_lock(&s->rc.mu);
+    int kept = s->rc.n < RECYCLE_MAX;
+    if (kept) {
+        s->rc.fds[s->rc.n] = fd;
+        str_copy(s->rc.names[s->rc.n], name, TMPNAME_LEN);
+        s->rc.n++;
+    }
+    pthread_mutex_unlock(&s->rc.mu);
+    if (!kept) {
+        unlinkat(s->tmpfd, name, 0);
+        close(fd);
+    }
+}
+
+/* Moves queue/id out of the queue: to tmp/ for recycling when it is small
+ * and the pool has room (*fd, name filled), else unlinks it (*fd = -1). */
+static int queue_file_release(struct spool *s, const char *id, int *fd, char name[TMPNAME_LEN])
+{
+    *fd = -1;
+    pthread_mutex_lock(&s->rc.mu);
+    int room = s->rc.n < RECYCLE_MAX;
+    uint64_t seq = ++s->rc.seq;
+    pthread_mutex_unlock(&s->rc.mu);
+    if (room) {
+        struct stat st;
+        int wfd = openat(s->qfd, id, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (wfd >= 0 && fstat(wfd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size <= RECYCLE_SIZE_MAX) {
+            snprintf(name, TMPNAME_LEN, "free.%ld.%llu", (long)getpid(), (unsigned long long)seq);
+            if (renameat(s->qfd, id, s->tmpfd, name) == 0) {
+                *fd = wfd;
+                return 0;
+            }
+        }
+        if (wfd >= 0)
+            close(wfd);
+    }
+    return unlinkat(s->qfd, id, 0);
+}
+
 /* ---- writer ------------------------------------------------------------------ */
 
 struct spool_writer *spool_writer_new(struct spool *s, const char *id)
@@ -688,13 +783,19 @@ struct spool_writer *spool_writer_new(struct spool *s, const char *id)
         errno = EINVAL;
         return NULL;
     }
-    int fd = openat(s->tmpfd, id, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0)
-        return NULL;
     struct spool_writer *w = xcalloc(1, sizeof(*w));
+    w->fd = recycled_take(s, w->tmpname);
+    w->recycled = w->fd >= 0;
+    if (w->fd < 0) {
+        memcpy(w->tmpname, id, QID_LEN + 1);
+        w->fd = openat(s->tmpfd, id, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (w->fd < 0) {
+            free(w);
+            return NULL;
+        }
+    }
     w->s = s;
     memcpy(w->id, id, QID_LEN + 1);
-    w->fd = fd;
     w->buf = xmalloc(WBUF_SIZE);
     return w;
 }
@@ -705,6 +806,8 @@ static void writer_flush(struct spool_writer *w)
         return;
     if (write_all(w->fd, w->buf, w->blen) != 0)
         w->err = errno ? errno : EIO;
+    else
+        w->written += w->blen;
     w->blen = 0;
 }
 
@@ -720,6 +823,8 @@ static void writer_put(struct spool_writer *w, const void *buf, size_t n)
     if (n >= WBUF_SIZE) {
         if (write_all(w->fd, buf, n) != 0)
             w->err = errno ? errno : EIO;
+        else
+            w->written += n;
         return;
     }
     memcpy(w->buf + w->blen, buf, n);
@@ -759,7 +864,7 @@ void spool_writer_abort(struct spool_writer *w)
         return;
     close(w->fd);
     w->fd = -1;
-    unlinkat(w->s->tmpfd, w->id, 0);
+    unlinkat(w->s->tmpfd, w->tmpname, 0);
     writer_free(w);
 }
 
@@ -795,15 +900,18 @@ int spool_commit(struct spool_writer *w, const struct envelope *e)
     sb_free(&t);
     writer_flush(w);
     int err = w->err;
+    /* a recycled file keeps what it held beyond our bytes until cut here */
+    if (!err && w->recycled && ftruncate(w->fd, (off_t)w->written) != 0)
+        err = errno;
     if (!err && fsync(w->fd) != 0)
         err = errno;
     if (close(w->fd) != 0 && !err)
         err = errno;
     w->fd = -1;
-    if (!err && rename_noreplace(s->tmpfd, w->id, s->qfd, w->id) != 0)
+    if (!err && rename_noreplace(s->tmpfd, w->tmpname, s->qfd, w->id) != 0)
         err = errno;
     if (err) {
-        unlinkat(s->tmpfd, w->id, 0);
+        unlinkat(s->tmpfd, w->tmpname, 0);
     } else if (queue_dir_sync(s) != 0) {
         err = errno;
         /* not durable: the client is told 451 and sends again, so this
@@ -1389,15 +1497,26 @@ int spool_remove(struct spool *s, const char *id)
         errno = EINVAL;
         return -1;
     }
-    char name[QID_LEN + 4];
+    char name[QID_LEN + 4], freename[TMPNAME_LEN];
+    int fd;
     snprintf(name, sizeof(name), "%s.st", id);
-    if (unlinkat(s->qfd, id, 0) != 0)
+    if (queue_file_release(s, id, &fd, freename) != 0)
         return -1;
     int e = 0;
     if (unlinkat(s->qfd, name, 0) != 0 && errno != ENOENT)
         e = errno;
     if (queue_dir_sync(s) != 0 && !e)
         e = errno;
+    /* reused only once queue/ID is durably gone: a crash must never find
+     * the old name pointing at a new message's bytes */
+    if (fd >= 0) {
+        if (e) {
+            unlinkat(s->tmpfd, freename, 0);
+            close(fd);
+        } else {
+            recycled_put(s, fd, freename);
+        }
+    }
     errno = e;
     return e ? -1 : 0;
 }

@@ -2,6 +2,7 @@
  *
  * Layout under the spool directory (mode 0700):
  *   tmp/ID      a message being received (never delivered; removed at start)
+ *   tmp/free.*  files of removed messages kept for reuse (no message in them)
  *   queue/ID    a committed message: message bytes, then the envelope
  *               trailer, then a fixed footer pointing at the trailer
  *   queue/ID.st the per-recipient delivery log (append only, fsynced)
@@ -67,7 +68,8 @@ const char *spool_dir(const struct spool *s);
 
 /* ---- writing (one per transaction) ---- */
 struct spool_writer;
-/* Opens tmp/ID with O_CREAT|O_EXCL, 0600. NULL on error (errno set). */
+/* Opens tmp/ID with O_CREAT|O_EXCL, 0600, or reuses a recycled file of a
+ * removed message. NULL on error (errno set). */
 struct spool_writer *spool_writer_new(struct spool *s, const char *id);
 /* Appends message bytes (buffered). A failure is sticky: later writes are
  * ignored and spool_writer_failed() returns the errno. */

@@ -391,10 +391,13 @@ class Daemon:
         return self.mails(rcpt, maildir)
 
     def spool_files(self, sub):
+        """Names in spool/SUB. In tmp/, the files of delivered messages kept
+        for reuse (free.PID.N, see docs/spool-format.md) are left out: they
+        hold no message; only unfinished messages count."""
         d = self.spool / sub
         if not d.is_dir():
             return []
-        return sorted(p.name for p in d.iterdir())
+        return sorted(p.name for p in d.iterdir() if not (sub == "tmp" and p.name.startswith("free.")))
 
     # ---- clients
     def client(self, tls_port=False, **kw):
@@ -730,20 +733,23 @@ def split_delivered(data):
 
 
 def assert_delivered(data, frm, rcpt, msg, qid=None, esmtpsa=True, tls13=True,
-                     secrets=(), helo="client.test"):
+                     secrets=(), helo="client.test", proto=None):
     """Byte-exact check of one Maildir file: Return-Path, Delivered-To,
-    Received (regex), then msg with CRLF -> LF."""
+    Received (regex), then msg with CRLF -> LF. proto: the exact `with`
+    protocol (RFC 3848: "ESMTP", "ESMTPS", ...) instead of esmtpsa; the TLS
+    description follows it only for the TLS ones (ESMTPS, ESMTPSA)."""
     rp, dt, rcv, rest = split_delivered(data)
     assert rp == f"Return-Path: <{frm}>".encode(), rp
     assert dt == f"Delivered-To: <{rcpt}>".encode(), dt
     assert b"\r" not in rcv
     unfolded = re.sub(rb"\s+", b" ", rcv).decode("utf-8", "replace")
-    with_ = "ESMTPSA" if esmtpsa else r"E?SMTPS?A?"
+    with_ = re.escape(proto) if proto else "ESMTPSA" if esmtpsa else r"E?SMTPS?A?"
     tlsv = r"TLSv1\.3 " if tls13 else ""
+    tls_part = "" if proto in ("ESMTP", "ESMTPA") else rf" \({tlsv}[^)]*\)"
     pat = (rf"^Received: from {re.escape(helo)} \(\[127\.0\.0\.1\]\) by mx\.test \(submitd\) "
-           rf"with {with_} \({tlsv}[^)]*\) id ")
+           rf"with {with_}{tls_part} id ")
     assert re.match(pat, unfolded), f"Received header {unfolded!r} does not match {pat!r}"
-    assert "by mx.test (submitd) with ESMTPSA (TLSv1.3" in unfolded or not (esmtpsa and tls13), unfolded
+    assert "by mx.test (submitd) with ESMTPSA (TLSv1.3" in unfolded or not (esmtpsa and tls13) or proto, unfolded
     if qid is not None:
         assert re.search(rf" id {qid}(?: for <[^>]+>)?;", unfolded), f"id {qid} not in {unfolded!r}"
     assert re.search(r"; \S.*\d{4}", unfolded), f"no date in {unfolded!r}"

@@ -4,7 +4,8 @@
  * .st status log (replay, torn last record, bad records; hold, release
  * and reported records, read-only peeks), remove,
  * quarantine, scan order and tmp/ clean-up at open, and concurrent commits
- * and removals sharing the group fsync of queue/. */
+ * and removals sharing the group fsync of queue/, and the recycling of
+ * removed files. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -958,12 +959,97 @@ static void test_concurrent_commits(void **state)
             spool_msg_close(m);
         }
     }
-    char *q = list_dir(dir, "queue"), *tmp = list_dir(dir, "tmp");
+    char *q = list_dir(dir, "queue");
     assert_int_equal(strlen(q), (size_t)(CC_THREADS * CC_PER / 2) * (QID_LEN + 1) - 1);
-    assert_string_equal(tmp, "");
     free(q);
-    free(tmp);
     spool_close(s);
+    char *tmp = list_dir(dir, "tmp"); /* recycled files go with the spool */
+    assert_string_equal(tmp, "");
+    free(tmp);
+    rm_rf(dir);
+    free(dir);
+}
+
+static ino_t inode_of(const char *dir, const char *sub, const char *name)
+{
+    char p[512];
+    struct stat st;
+    snprintf(p, sizeof(p), "%s/%s/%s", dir, sub, name);
+    assert_int_equal(stat(p, &st), 0);
+    return st.st_ino;
+}
+
+/* A removed message's file is reused by the next message: same inode,
+ * exactly the new bytes (a longer old file is cut), and a file left in
+ * tmp/free.* by a crash is removed quietly at the next open. */
+static void test_recycled_files(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    size_t big = 100000;
+    char *body = xmalloc(big);
+    memset(body, 'x', big);
+    char a[QID_LEN + 1], b[QID_LEN + 1], c[QID_LEN + 1];
+    commit_msg(s, a, body, big, 3);
+    ino_t ia = inode_of(dir, "queue", a);
+    assert_int_equal(spool_remove(s, a), 0);
+    char *tmp = list_dir(dir, "tmp");
+    assert_int_equal(strncmp(tmp, "free.", 5), 0);
+    assert_null(strchr(tmp, ','));
+    free(tmp);
+    commit_msg(s, b, "short\r\n", 7, 1);
+    assert_int_equal(inode_of(dir, "queue", b), ia);
+    tmp = list_dir(dir, "tmp");
+    assert_string_equal(tmp, "");
+    free(tmp);
+    struct spool_msg *m;
+    char err[128] = "", got[64];
+    assert_int_equal(spool_msg_open(s, b, &m, err, sizeof(err)), 0);
+    assert_int_equal(m->env.size, 7);
+    assert_int_equal(m->env.nrcpts, 1);
+    assert_int_equal(spool_msg_pread(m, got, sizeof(got), 0), 7);
+    assert_memory_equal(got, "short\r\n", 7);
+    spool_msg_close(m);
+    char p[512];
+    struct stat st;
+    snprintf(p, sizeof(p), "%s/queue/%s", dir, b);
+    assert_int_equal(stat(p, &st), 0);
+    assert_true(st.st_size < 1000); /* the 100 KB of the old message are gone */
+    /* an aborted writer on a recycled file removes it */
+    assert_int_equal(spool_remove(s, b), 0);
+    qid_new(c);
+    struct spool_writer *w = spool_writer_new(s, c);
+    assert_non_null(w);
+    spool_writer_write(w, "abc", 3);
+    spool_writer_abort(w);
+    tmp = list_dir(dir, "tmp");
+    assert_string_equal(tmp, "");
+    free(tmp);
+    /* a big message is not kept for recycling */
+    size_t huge = 300 * 1024;
+    char *hb = xmalloc(huge);
+    memset(hb, 'y', huge);
+    commit_msg(s, c, hb, huge, 1);
+    assert_int_equal(spool_remove(s, c), 0);
+    tmp = list_dir(dir, "tmp");
+    assert_string_equal(tmp, "");
+    free(tmp);
+    free(hb);
+    /* a crash leaves recycled files in tmp/: the next open removes them */
+    commit_msg(s, a, body, 10, 1);
+    assert_int_equal(spool_remove(s, a), 0);
+    snprintf(p, sizeof(p), "%s/tmp/free.1.1", dir);
+    int fd = open(p, O_CREAT | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    struct spool *s2 = open_spool(dir);
+    tmp = list_dir(dir, "tmp");
+    assert_string_equal(tmp, "");
+    free(tmp);
+    spool_close(s2);
+    spool_close(s);
+    free(body);
     rm_rf(dir);
     free(dir);
 }
@@ -981,6 +1067,7 @@ int main(void)
         cmocka_unit_test(test_corrupt_files),
         cmocka_unit_test(test_scan_and_open_cleanup),
         cmocka_unit_test(test_concurrent_commits),
+        cmocka_unit_test(test_recycled_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
