@@ -10,7 +10,7 @@ with bench/loadgen, alternating servers, BENCH_RUNS runs each:
 
   (a) 50 sessions x 10 msgs of 4 KiB, 1 rcpt, STARTTLS + AUTH PLAIN
   (b) 1 msg per connection, STARTTLS + AUTH PLAIN
-  (c) as (a) without TLS or AUTH (peers only: submitd has no such mode)
+  (c) as (a) without TLS or AUTH (submitd: a listener with `trusted 127.0.0.1/32`)
   (d) BENCH_IDLE (10,000) idle TLS sessions: server memory
   (e) relayed to the sink during (a): relayed/accepted, time to drain
   (f) submitd with DKIM signing off / rsa-sha256 2048 / ed25519-sha256, load (a)
@@ -311,15 +311,12 @@ class Submitd(Server):
     def __init__(self, ctx, name, dkim=None, relay=False):
         self.name = name
         super().__init__(ctx)
-        self.plain_port = None
+        self.plain_port = free_port()  # scenario (c): the `trusted` listener
         self.label = {"submitd": "submitd", "submitd-rsa": "submitd + DKIM rsa-sha256",
                       "submitd-ed25519": "submitd + DKIM ed25519",
                       "submitd-relay": "submitd (smarthost)"}.get(name, name)
         self.dkim = dkim
         self.relays = relay
-
-    def supports(self, scen):
-        return scen != "c"  # no plaintext submission mode (by design)
 
     def config(self, transport):
         c = self.ctx
@@ -330,7 +327,9 @@ class Submitd(Server):
                f"pid-file {d}/submitd.pid", "log stderr", "log-level info",
                "tls {", f"    certificate {c.crt} {c.key}", "}",
                "listener submission {", "    address 127.0.0.1", f"    port {self.port}",
-               "    mode starttls", "    max-connections 100000", "    max-connections-per-ip 100000", "}"]
+               "    mode starttls", "    max-connections 100000", "    max-connections-per-ip 100000", "}",
+               "listener trusted {", "    address 127.0.0.1", f"    port {self.plain_port}", "    mode starttls",
+               "    trusted 127.0.0.1/32", "    max-connections 100000", "    max-connections-per-ip 100000", "}"]
         out += transport
         out.append("route * sink")
         out += self.ctx.submitd_extra

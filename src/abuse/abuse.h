@@ -25,7 +25,11 @@
  * be reached, the local counters answer (logged once per outage, retried
  * after redis-retry), or with fail-open no the checks refuse (451 4.7.1).
  * Bounces and DSNs the server makes never pass through sessions and are
- * never counted. Thread-safe; one `struct abuse` per daemon. */
+ * never counted. A trusted client without AUTH (listener `trusted`) has no
+ * account: `login` NULL; its messages, recipients and bytes count against
+ * its address (keys m:ip:ADDRESS ..., nothing for ratelimit.exempt
+ * networks), and suspension and detection do not apply to it.
+ * Thread-safe; one `struct abuse` per daemon. */
 #ifndef SUBMITD_ABUSE_H
 #define SUBMITD_ABUSE_H
 
@@ -72,7 +76,7 @@ struct abuse_call {
     const struct config *cfg;
     enum abuse_stage stage;
     const struct sockaddr *sa;
-    const char *login;   /* MAIL, RCPT */
+    const char *login;   /* MAIL, RCPT; NULL: a trusted client without AUTH (counted by address) */
     uint64_t size;       /* MAIL: the SIZE= parameter, 0 when absent */
     const struct log_ctx *lc;
     /* out */
@@ -121,7 +125,7 @@ struct abuse_msg {
     /* in */
     const struct config *cfg;
     const struct sockaddr *sa;
-    const char *login;
+    const char *login;   /* NULL: a trusted client without AUTH (counted by address) */
     const struct envelope *env;
     uint64_t size;
     const struct log_ctx *lc;

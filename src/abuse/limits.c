@@ -91,6 +91,25 @@ int abuse_addr_text_key(const char *text, char *out, size_t n)
     return 0;
 }
 
+void abuse_trusted_subject(const char *addr_key, char *out, size_t n)
+{
+    size_t pl = str_copy(out, "ip:", n);
+    if (pl < n)
+        str_copy(out + pl, addr_key, n - pl);
+}
+
+/* The subject a MAIL/RCPT/end-of-data check counts against: the login, or
+ * for a trusted client without AUTH (login NULL) its address (buf). */
+static const char *mail_subject(const char *login, const struct sockaddr *sa, char *buf, size_t n)
+{
+    if (login)
+        return login;
+    char addr[RL_KEY_MAX];
+    abuse_addr_key(sa, addr, sizeof(addr));
+    abuse_trusted_subject(addr, buf, n);
+    return buf;
+}
+
 void abuse_key(enum lim k, const char *subject, char *out, size_t n)
 {
     const struct limdef *d = &abuse_limdefs[k];
@@ -243,13 +262,17 @@ static unsigned long long secs_up(uint64_t us)
 
 /* The reply for limit k refusing op: `code` is "451 4.7.1", "421 4.7.1" or
  * "454 4.7.1"; a hard limit answers 550 5.7.1; a cost larger than the
- * whole limit (a message bigger than the bytes limit) 552 5.3.4. */
+ * whole limit (a message bigger than the bytes limit) 552 5.3.4.
+ * by_addr: a per-account limit counting a trusted client's address. */
 static void limit_reply(char *out, size_t n, const char *code, enum lim k, const struct rate_limit *r,
-                        const struct rl_op *op)
+                        const struct rl_op *op, int by_addr)
 {
+    static const char *const by_addr_what[] = {[L_MESSAGES] = "messages per client address",
+                                               [L_RECIPIENTS] = "recipients per client address",
+                                               [L_BYTES] = "bytes per client address"};
     char lim[64];
     abuse_fmt_limit(k, r, lim, sizeof(lim));
-    const char *what = abuse_limdefs[k].what;
+    const char *what = by_addr && k <= L_BYTES ? by_addr_what[k] : abuse_limdefs[k].what;
     if (op->retry_us == RL_NEVER)
         snprintf(out, n, "552 5.3.4 Message larger than the limit of %s (%s)", what, lim);
     else if (r && r->hard)
@@ -566,7 +589,7 @@ static void decide(struct abuse_call *c)
         enum lim k = (enum lim)c->what[i];
         const struct rate_limit *lim = abuse_limit(c->cfg, k, c->login);
         c->refused = 1;
-        limit_reply(c->reply, sizeof(c->reply), code, k, lim, &c->ops[i]);
+        limit_reply(c->reply, sizeof(c->reply), code, k, lim, &c->ops[i], c->login == NULL);
         log_exceeded(c->lc, k, lim, &c->ops[i]);
         return;
     }
@@ -596,17 +619,20 @@ int abuse_check(struct abuse *a, struct abuse_call *c, struct jobq_home *home, v
         abuse_addr_key(c->sa, subject, sizeof(subject));
         add_op(c, RL_CONSUME, L_CONNECTIONS, subject, 1);
     } else {
-        if (abuse_suspended(a, c->login, NULL)) {
+        if (!c->login && cidr_list_match(&c->cfg->ratelimit.exempt, c->sa))
+            return ABUSE_DONE; /* a trusted client from an exempt network */
+        if (c->login && abuse_suspended(a, c->login, NULL)) {
             c->refused = 1;
             snprintf(c->reply, sizeof(c->reply), "550 5.7.13 Account suspended; contact the administrator");
             return ABUSE_DONE;
         }
+        const char *who = mail_subject(c->login, c->sa, subject, sizeof(subject));
         if (c->stage == ABUSE_MAIL) {
-            add_op(c, RL_CONSUME, L_MESSAGES, c->login, 1);
+            add_op(c, RL_CONSUME, L_MESSAGES, who, 1);
             if (c->size)
-                add_op(c, RL_PEEK, L_BYTES, c->login, c->size);
+                add_op(c, RL_PEEK, L_BYTES, who, c->size);
         } else {
-            add_op(c, RL_CONSUME, L_RECIPIENTS, c->login, 1);
+            add_op(c, RL_CONSUME, L_RECIPIENTS, who, 1);
         }
     }
     if (c->nops == 0)
@@ -680,7 +706,7 @@ void abuse_auth_begin(struct abuse *a, struct abuse_auth *x)
                   secs_up(ops[i].retry_us));
         } else {
             const struct rate_limit *lim = abuse_limit(c, k, NULL);
-            limit_reply(x->reply, sizeof(x->reply), "454 4.7.1", k, lim, &ops[i]);
+            limit_reply(x->reply, sizeof(x->reply), "454 4.7.1", k, lim, &ops[i], 0);
             log_exceeded(x->lc, k, lim, &ops[i]);
         }
         return;
@@ -764,15 +790,18 @@ void abuse_message(struct abuse *a, struct abuse_msg *m)
     m->refused = 0;
     m->hold = 0;
     m->reply[0] = m->reason[0] = '\0';
-    if (abuse_suspended(a, m->login, NULL)) {
+    if (!m->login && cidr_list_match(&c->ratelimit.exempt, m->sa))
+        return; /* a trusted client from an exempt network */
+    if (m->login && abuse_suspended(a, m->login, NULL)) {
         m->refused = 1;
         snprintf(m->reply, sizeof(m->reply), "550 5.7.13 Account suspended; contact the administrator");
         return;
     }
     struct rl_op op;
-    char key[RL_KEY_MAX];
+    char key[RL_KEY_MAX], subject[RL_KEY_MAX];
     const struct rate_limit *r = abuse_limit(c, L_BYTES, m->login);
-    if (abuse_op(&op, key, RL_CONSUME, L_BYTES, r, m->login, m->size)) {
+    const char *who = mail_subject(m->login, m->sa, subject, sizeof(subject));
+    if (abuse_op(&op, key, RL_CONSUME, L_BYTES, r, who, m->size)) {
         int d = abuse_run(a, c, &op, 1, m->lc, 1);
         if (d == ABUSE_UNAVAILABLE) {
             m->refused = 1;
@@ -781,13 +810,13 @@ void abuse_message(struct abuse *a, struct abuse_msg *m)
         }
         if (d) {
             m->refused = 1;
-            limit_reply(m->reply, sizeof(m->reply), "451 4.7.1", L_BYTES, r, &op);
+            limit_reply(m->reply, sizeof(m->reply), "451 4.7.1", L_BYTES, r, &op, m->login == NULL);
             log_exceeded(m->lc, L_BYTES, r, &op);
             return;
         }
     }
-    if (!detect_for(c, m->login))
-        return;
+    if (!m->login || !detect_for(c, m->login))
+        return; /* detection follows accounts: a trusted client has none */
     char ip[RL_KEY_MAX];
     abuse_addr_key(m->sa, ip, sizeof(ip));
     size_t n = m->env->nrcpts;

@@ -56,6 +56,9 @@ extern const struct limdef abuse_limdefs[L__COUNT];
 void abuse_addr_key(const struct sockaddr *sa, char *out, size_t n);
 /* The same from text ("192.0.2.1", "2001:db8::1"); 0 or -1. */
 int abuse_addr_text_key(const char *text, char *out, size_t n);
+/* The subject of a trusted client's per-account limits: "ip:" + its
+ * address key (logins cannot contain ':', so it never names an account). */
+void abuse_trusted_subject(const char *addr_key, char *out, size_t n);
 /* "prefix" + login lower-cased (or + address key). */
 void abuse_key(enum lim k, const char *subject, char *out, size_t n);
 /* The limit for k: the login's ratelimit-for block, its domain's, else

@@ -1,9 +1,10 @@
 /* limitsctl: the "limits" verb of the control socket (submitctl limits
  * show [KEY], submitctl limits reset KEY). KEY is user:LOGIN or
  * ip:ADDRESS (an IPv6 address stands for its /64, as the limits count
- * it). Answers are formatted here, as text lines; the counters are read
- * from wherever they live (Redis or the local table), on the control
- * thread. */
+ * it; an address also covers the counters of a trusted client without
+ * AUTH, keyed ip:ADDRESS). Answers are formatted here, as text lines; the
+ * counters are read from wherever they live (Redis or the local table),
+ * on the control thread. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -18,6 +19,8 @@ static const char usage[] = "usage: limits show [user:LOGIN | ip:ADDRESS] | limi
 
 static const enum lim user_lims[] = {L_MESSAGES, L_RECIPIENTS, L_BYTES, L_AUTH_LOGIN, L_FAIL_LOGIN};
 static const enum lim ip_lims[] = {L_CONNECTIONS, L_AUTH_IP, L_FAIL_IP};
+/* the per-account limits of a trusted client without AUTH, counted by address */
+static const enum lim trusted_lims[] = {L_MESSAGES, L_RECIPIENTS, L_BYTES};
 
 static struct config *current(struct abuse *a)
 {
@@ -83,7 +86,7 @@ static void show_summary(struct abuse *a, const struct config *c, struct strbuf 
     pthread_mutex_unlock(&a->lock);
 }
 
-/* Reads the buckets of `lims` and the block `bk` for subject. */
+/* Reads the buckets of `lims` and the block `bk` (L__COUNT: none) for subject. */
 static int show_counters(struct abuse *a, const struct config *c, const enum lim *lims, size_t nl, enum lim bk,
                          const char *subject, const char *login, struct strbuf *out)
 {
@@ -98,11 +101,13 @@ static int show_counters(struct abuse *a, const struct config *c, const enum lim
         else
             sb_printf(out, "%s none\n", abuse_limdefs[lims[i]].name);
     }
-    memset(&ops[n], 0, sizeof(ops[n]));
-    abuse_key(bk, subject, keys[n], RL_KEY_MAX);
-    ops[n].kind = RL_BLOCKED;
-    ops[n].key = keys[n];
-    what[n++] = (int)bk;
+    if (bk != L__COUNT) {
+        memset(&ops[n], 0, sizeof(ops[n]));
+        abuse_key(bk, subject, keys[n], RL_KEY_MAX);
+        ops[n].kind = RL_BLOCKED;
+        ops[n].key = keys[n];
+        what[n++] = (int)bk;
+    }
     abuse_run(a, c, ops, n, NULL, 0);
     for (size_t i = 0; i < n; i++) {
         enum lim k = (enum lim)what[i];
@@ -159,16 +164,23 @@ static int show_ip(struct abuse *a, const struct config *c, const char *ip, stru
         s4->sin_family = AF_INET;
         sb_printf(out, "exempt %s\n", cidr_list_match(&c->ratelimit.exempt, (struct sockaddr *)&ss) ? "yes" : "no");
     }
-    return show_counters(a, c, ip_lims, ARRAY_LEN(ip_lims), L_BLOCK_IP, ip, NULL, out);
+    int rc = show_counters(a, c, ip_lims, ARRAY_LEN(ip_lims), L_BLOCK_IP, ip, NULL, out);
+    char ts[RL_KEY_MAX];
+    abuse_trusted_subject(ip, ts, sizeof(ts));
+    sb_puts(out, "as a trusted client without AUTH (listener `trusted`):\n");
+    if (show_counters(a, c, trusted_lims, ARRAY_LEN(trusted_lims), L__COUNT, ts, NULL, out) != 0)
+        rc = -1;
+    return rc;
 }
 
+/* Resets the buckets of `lims` and the block `bk` (L__COUNT: none) of subject. */
 static int reset_key(struct abuse *a, const struct config *c, const enum lim *lims, size_t nl, enum lim bk,
                      const char *subject)
 {
     struct rl_op ops[8];
     char keys[8][RL_KEY_MAX];
     size_t n = 0;
-    for (size_t i = 0; i <= nl; i++) {
+    for (size_t i = 0; i < nl + (bk != L__COUNT); i++) { /* bk L__COUNT: no block */
         memset(&ops[n], 0, sizeof(ops[n]));
         abuse_key(i < nl ? lims[i] : bk, subject, keys[n], RL_KEY_MAX);
         ops[n].kind = RL_RESET;
@@ -227,6 +239,10 @@ int abuse_control(void *arg, int argc, char **argv, struct strbuf *out)
                       subject);
     } else {
         rc = reset_key(a, c, ip_lims, ARRAY_LEN(ip_lims), L_BLOCK_IP, subject);
+        char ts[RL_KEY_MAX];
+        abuse_trusted_subject(subject, ts, sizeof(ts));
+        if (reset_key(a, c, trusted_lims, ARRAY_LEN(trusted_lims), L__COUNT, ts) != 0)
+            rc = -1;
         sb_printf(out, "reset ip:%s: counters and block\n", subject);
         if (rc != 0)
             sb_puts(out, "note: Redis is unreachable: only this daemon's local counters were reset\n");

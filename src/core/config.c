@@ -100,6 +100,7 @@ static int valid_ttype(const char *s);
 static void key_cert(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 static void key_address(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 static void key_cidr(struct parser *p, void *base, const struct keydef *k, char **av, int line);
+static void key_trusted(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 static void key_route(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 static void key_dkim_key(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 static void key_dkim_canon(struct parser *p, void *base, const struct keydef *k, char **av, int line);
@@ -211,6 +212,8 @@ static const struct keydef listener_keys[] = {
     {.name = "allow", .type = V_FN, .off = offsetof(struct listener_cfg, allow), .fn = key_cidr, .nargs = 1,
      .flags = K_MULTI, .form = "NETWORK"},
     {.name = "deny", .type = V_FN, .off = offsetof(struct listener_cfg, deny), .fn = key_cidr, .nargs = 1,
+     .flags = K_MULTI, .form = "NETWORK"},
+    {.name = "trusted", .type = V_FN, .off = offsetof(struct listener_cfg, trusted), .fn = key_trusted, .nargs = 1,
      .flags = K_MULTI, .form = "NETWORK"},
     {.name = "max-connections", .type = V_UINT, FIELD(struct listener_cfg, max_conn), .min = 1, .max = 1000000,
      .def = "1000"},
@@ -949,6 +952,22 @@ static void key_cidr(struct parser *p, void *base, const struct keydef *k, char 
     cidr_list_add(field(base, k->off), &c);
 }
 
+/* `trusted NETWORK`: a network as for allow/deny, but never one that holds
+ * every address (the IPv4-mapped ::ffff:0:0/96 parses as 0.0.0.0/0). */
+static void key_trusted(struct parser *p, void *base, const struct keydef *k, char **av, int line)
+{
+    struct cidr_list *l = field(base, k->off);
+    size_t before = l->n;
+    key_cidr(p, base, k, av, line);
+    if (l->n > before && l->v[l->n - 1].prefix == 0) {
+        perr(p, line,
+             "`trusted %s` would trust every client address (an open relay): list only the networks of your own "
+             "applications, such as 127.0.0.1/32 or ::1",
+             av[0]);
+        l->n--;
+    }
+}
+
 static void key_route(struct parser *p, void *base, const struct keydef *k, char **av, int line)
 {
     struct config *c = base;
@@ -1491,6 +1510,24 @@ static void check_listener(struct parser *p, struct listener_cfg *l, int port_se
     }
 }
 
+/* `trusted` (last given at line tline, 0 = not given) only on a listener
+ * that is not a submission port: there MAIL needs TLS and AUTH. */
+static void check_trusted(struct parser *p, const struct listener_cfg *l, int tline)
+{
+    if (!tline)
+        return;
+    const char *why = l->mode == LISTEN_IMPLICIT_TLS ? "mode implicit-tls is"
+                      : l->port == 587                ? "port 587 is"
+                      : l->port == 465                ? "port 465 is"
+                                                      : NULL;
+    if (why)
+        perr(p, tline,
+             "`trusted` is not allowed on listener `%s`: %s for submission, where MAIL needs TLS and AUTH; add a "
+             "separate listener for local applications (for example port 25 or 10025 with address 127.0.0.1) and "
+             "put `trusted` there",
+             l->name, why);
+}
+
 static char **str_array(const char *const *v, size_t n)
 {
     char **out = xcalloc(n ? n : 1, sizeof(*out));
@@ -1556,7 +1593,9 @@ static void finish_block(struct parser *p)
     }
     case B_LISTENER:
         find_key(b, "port", &i1);
+        find_key(b, "trusted", &i2);
         check_listener(p, base, p->seen[i1] != 0);
+        check_trusted(p, base, p->seen[i2]);
         break;
     case B_DKIM:
         find_key(b, "key", &i1);
@@ -1906,6 +1945,7 @@ static void config_free(struct config *c)
         free_certs(l->certs, l->ncerts);
         cidr_list_free(&l->allow);
         cidr_list_free(&l->deny);
+        cidr_list_free(&l->trusted);
     }
     free(c->listeners);
     for (size_t i = 0; i < c->ntransports; i++) {

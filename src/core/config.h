@@ -34,6 +34,8 @@ struct listener_cfg {
     size_t ncerts;
     struct cidr_list allow; /* empty = everybody (before deny) */
     struct cidr_list deny;  /* checked first: a match is refused */
+    struct cidr_list trusted; /* clients that may MAIL without STARTTLS and AUTH (local applications);
+                                 refused on ports 587/465 and implicit-tls, and /0 networks */
     unsigned max_conn;        /* default 1000 */
     unsigned max_conn_per_ip; /* default 20 */
 };

@@ -5,17 +5,22 @@
 
 typedef int (*policy_fn)(const struct policy_req *req, struct policy_reply *reply);
 
-/* An authenticated account may use only its own addresses in MAIL FROM. */
+/* An authenticated account may use only its own addresses in MAIL FROM;
+ * a trusted client without AUTH any address. */
 static int sender_owned(const struct policy_req *req, struct policy_reply *reply)
 {
-    if (!req->account)
-        return 0; /* MAIL without AUTH never gets here (NEEDS_AUTH) */
+    if (!req->account && !req->trusted) { /* NEEDS_AUTH stops these before: never relay for them */
+        snprintf(reply->text, sizeof(reply->text), "530 5.7.0 Authentication required");
+        return 1;
+    }
     if (req->addr[0] == '\0') {
         if (req->cfg->allow_null_sender)
             return 0;
         snprintf(reply->text, sizeof(reply->text), "553 5.7.1 Null sender not allowed");
         return 1;
     }
+    if (!req->account)
+        return 0; /* trusted: there is no account to restrict the sender */
     if (account_may_send_as(req->account, req->addr))
         return 0;
     char q1[LOGQ_MAX], q2[LOGQ_MAX];
@@ -36,9 +41,10 @@ int policy_check_mail(const struct policy_req *req, struct policy_reply *reply)
     return 0;
 }
 
-/* Authenticated sessions may send anywhere; unauthenticated ones never
- * reach RCPT (MAIL needs AUTH), so there is no relay check to make yet.
- * Recipient limits are the abuse module's (see policy.h). */
+/* Authenticated sessions and trusted clients may send anywhere (relaying
+ * for them is the point); other unauthenticated ones never reach RCPT
+ * (MAIL needs AUTH). Recipient limits are the abuse module's (see
+ * policy.h). */
 int policy_check_rcpt(const struct policy_req *req, struct policy_reply *reply)
 {
     (void)req;

@@ -1,6 +1,8 @@
 /* policy: the checks that run before a MAIL or RCPT reply is sent. Each
  * stage has a table of check functions; the first one that refuses sets
- * the reply. The sender-ownership rule lives here. The abuse limits
+ * the reply. The sender-ownership rule lives here; a trusted client
+ * without AUTH (listener `trusted`) has no account, so any sender is
+ * accepted from it (the null sender as allow-null-sender says). The abuse limits
  * (src/abuse: messages and recipients per account) run right after these
  * checks, from session.c, because with a Redis backend they answer
  * asynchronously while these are synchronous. */
@@ -17,6 +19,7 @@ struct policy_req {
     const struct config *cfg;
     const struct account *account; /* NULL when not authenticated */
     const char *login;             /* "" when not authenticated */
+    int trusted;                   /* not authenticated, from a `trusted` network of its listener */
     const char *client_ip;
     const char *addr;              /* MAIL or RCPT path ("" = null sender) */
     unsigned nrcpts;               /* recipients accepted so far */

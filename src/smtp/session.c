@@ -13,7 +13,11 @@
  * (src/abuse) are consulted at connect (before the greeting), AUTH (in the
  * AUTH job: blocks, attempt limits, failures and their delay), MAIL, RCPT
  * and the end of data (in the commit job: bytes, detection, hold); a
- * check that has to ask Redis parks the session in ST_LIMIT_WAIT. */
+ * check that has to ask Redis parks the session in ST_LIMIT_WAIT. A client
+ * from a `trusted` network of its listener may use MAIL/RCPT/DATA/BDAT
+ * without STARTTLS and AUTH (F_TRUSTED_OK); unauthenticated, it has no
+ * account: no auth user in the envelope, any sender, its limits counted by
+ * address. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -102,6 +106,7 @@ struct session {
     int tls;
     int ehlo;                      /* 0 none, 1 HELO, 2 EHLO */
     int authed;
+    int trusted;                   /* the address is in the listener's `trusted` networks */
     unsigned errors, auth_failures, messages;
     struct line_reader lr;
     struct sasl *sasl;
@@ -126,7 +131,8 @@ enum {
     F_NEEDS_TLS = 1,  /* refused with 530 before TLS on a STARTTLS listener */
     F_NEEDS_EHLO = 2, /* 503 before EHLO/HELO */
     F_NEEDS_AUTH = 4, /* 530 before AUTH */
-    F_NO_ARGS = 8     /* 501 when arguments are given */
+    F_NO_ARGS = 8,    /* 501 when arguments are given */
+    F_TRUSTED_OK = 16 /* a trusted client (listener `trusted`) needs neither TLS nor AUTH */
 };
 
 static void process(struct session *s);
@@ -224,7 +230,7 @@ static void limit_check(struct session *s, enum abuse_stage stage, uint64_t size
     c->cfg = s->snap.cfg;
     c->stage = stage;
     c->sa = (const struct sockaddr *)&s->sa;
-    c->login = s->login;
+    c->login = s->authed ? s->login : NULL; /* NULL: a trusted client, counted by address */
     c->size = size;
     c->lc = &s->lc;
     if (abuse_check(s->srv->abuse, c, s->w->home, limit_done, s) == ABUSE_DONE) {
@@ -348,8 +354,8 @@ static void commit_work(void *arg)
     struct spool_writer *w = s->txn.w;
     struct abuse_msg *m = &s->txn.abuse;
     s->txn.w = NULL; /* spool_commit frees it either way */
-    *m = (struct abuse_msg){.cfg = s->snap.cfg, .sa = (const struct sockaddr *)&s->sa, .login = s->login,
-                            .env = &s->txn.env, .size = s->txn.env.size, .lc = &s->lc};
+    *m = (struct abuse_msg){.cfg = s->snap.cfg, .sa = (const struct sockaddr *)&s->sa,
+                            .login = s->authed ? s->login : NULL, .env = &s->txn.env, .size = s->txn.env.size, .lc = &s->lc};
     abuse_message(s->srv->abuse, m); /* bytes limit and detection; may ask Redis */
     if (m->refused) {
         spool_writer_abort(w);
@@ -369,9 +375,9 @@ static void commit_done(void *arg)
     s->job_pending = 0;
     char q[LOGQ_MAX];
     if (s->txn.result == 0) {
-        logkv(LOG_LVL_INFO, &s->lc, "queued", "from=<%s> nrcpt=%zu size=%llu%s",
+        logkv(LOG_LVL_INFO, &s->lc, "queued", "from=<%s> nrcpt=%zu size=%llu%s%s",
               log_q(q, sizeof(q), s->txn.env.mail_from), s->txn.env.nrcpts, (unsigned long long)s->txn.env.size,
-              s->txn.held == 1 ? " held=abuse" : "");
+              s->authed ? "" : " trusted=yes", s->txn.held == 1 ? " held=abuse" : "");
         if (s->txn.held == -1) /* committed, but the hold could not be recorded: deliver rather than strand it */
             logkv(LOG_LVL_ERR, &s->lc, "abuse.hold_failed", "note=\"delivering it normally\"");
         if (s->txn.held != 1)
@@ -887,8 +893,8 @@ static void cmd_mail(struct session *s, const char *args)
         reply_err(s, "552 5.3.4 Message size exceeds fixed maximum message size");
         return;
     }
-    struct policy_req req = {.cfg = c, .account = s->account, .login = s->login, .client_ip = s->ip, .addr = m->path,
-                             .lc = &s->lc};
+    struct policy_req req = {.cfg = c, .account = s->account, .login = s->login, .trusted = s->trusted && !s->authed,
+                             .client_ip = s->ip, .addr = m->path, .lc = &s->lc};
     struct policy_reply pr;
     if (policy_check_mail(&req, &pr)) {
         memset(m, 0, sizeof(*m));
@@ -947,8 +953,8 @@ static void cmd_rcpt(struct session *s, const char *args)
         }
         return;
     }
-    struct policy_req req = {.cfg = c, .account = s->account, .login = s->login, .client_ip = s->ip, .addr = r.path,
-                             .nrcpts = (unsigned)s->txn.env.nrcpts, .lc = &s->lc};
+    struct policy_req req = {.cfg = c, .account = s->account, .login = s->login, .trusted = s->trusted && !s->authed,
+                             .client_ip = s->ip, .addr = r.path, .nrcpts = (unsigned)s->txn.env.nrcpts, .lc = &s->lc};
     struct policy_reply pr;
     if (policy_check_rcpt(&req, &pr)) {
         reply_err(s, pr.text);
@@ -1061,9 +1067,9 @@ static const struct cmd_def commands[CMD__COUNT] = {
     [CMD_EHLO] = {CMD_EHLO, 0, cmd_ehlo},
     [CMD_STARTTLS] = {CMD_STARTTLS, F_NO_ARGS, cmd_starttls},
     [CMD_AUTH] = {CMD_AUTH, F_NEEDS_TLS | F_NEEDS_EHLO, cmd_auth},
-    [CMD_MAIL] = {CMD_MAIL, F_NEEDS_TLS | F_NEEDS_EHLO | F_NEEDS_AUTH, cmd_mail},
-    [CMD_RCPT] = {CMD_RCPT, F_NEEDS_TLS | F_NEEDS_EHLO | F_NEEDS_AUTH, cmd_rcpt},
-    [CMD_DATA] = {CMD_DATA, F_NEEDS_TLS | F_NEEDS_EHLO | F_NEEDS_AUTH | F_NO_ARGS, cmd_data},
+    [CMD_MAIL] = {CMD_MAIL, F_NEEDS_TLS | F_NEEDS_EHLO | F_NEEDS_AUTH | F_TRUSTED_OK, cmd_mail},
+    [CMD_RCPT] = {CMD_RCPT, F_NEEDS_TLS | F_NEEDS_EHLO | F_NEEDS_AUTH | F_TRUSTED_OK, cmd_rcpt},
+    [CMD_DATA] = {CMD_DATA, F_NEEDS_TLS | F_NEEDS_EHLO | F_NEEDS_AUTH | F_NO_ARGS | F_TRUSTED_OK, cmd_data},
     [CMD_BDAT] = {CMD_BDAT, 0, cmd_bdat}, /* checks its sequence itself: it must read the chunk */
     [CMD_RSET] = {CMD_RSET, F_NO_ARGS, cmd_rset},
     [CMD_NOOP] = {CMD_NOOP, 0, cmd_noop},
@@ -1095,7 +1101,8 @@ static void handle_command(struct session *s, const char *line, size_t len)
         return;
     }
     const struct cmd_def *d = &commands[c];
-    if ((d->flags & F_NEEDS_TLS) && !s->tls && s->lcfg->mode == LISTEN_STARTTLS) {
+    int trust = (d->flags & F_TRUSTED_OK) && s->trusted;
+    if ((d->flags & F_NEEDS_TLS) && !trust && !s->tls && s->lcfg->mode == LISTEN_STARTTLS) {
         reply_err(s, "530 5.7.0 Must issue a STARTTLS command first");
         return;
     }
@@ -1103,7 +1110,7 @@ static void handle_command(struct session *s, const char *line, size_t len)
         reply_err(s, "503 5.5.1 Error: send EHLO/HELO first");
         return;
     }
-    if ((d->flags & F_NEEDS_AUTH) && !s->authed) {
+    if ((d->flags & F_NEEDS_AUTH) && !trust && !s->authed) {
         reply_err(s, "530 5.7.0 Authentication required");
         return;
     }
@@ -1281,6 +1288,7 @@ struct session *session_new(struct worker *w, int fd, const struct sockaddr *sa,
     s->lcfg = &s->snap.cfg->listeners[listener];
     memcpy(&s->sa, sa, salen < sizeof(s->sa) ? salen : sizeof(s->sa));
     sockaddr_ip(sa, s->ip, sizeof(s->ip));
+    s->trusted = cidr_list_match(&s->lcfg->trusted, sa);
     qid_new(s->sid);
     s->lc.sid = s->sid;
     s->lc.ip = s->ip;
@@ -1312,7 +1320,7 @@ struct session *session_new(struct worker *w, int fd, const struct sockaddr *sa,
         return NULL;
     }
     io_set_cbs(s->io, on_read, on_drained, on_event, s);
-    logkv(LOG_LVL_INFO, &s->lc, "session.start", "listener=%s", s->lcfg->name);
+    logkv(LOG_LVL_INFO, &s->lc, "session.start", "listener=%s%s", s->lcfg->name, s->trusted ? " trusted=yes" : "");
     if (implicit) {
         unsigned hs = s->snap.cfg->tls.handshake_timeout * 1000u;
         io_set_timeouts(s->io, hs, hs);

@@ -4,7 +4,8 @@
  * durations with their bounds, quoting and comments, relative paths,
  * DKIM blocks (keys made here with OpenSSL: loading, type and size checks,
  * every error at its line, look-ups by domain and by date) and CIDR
- * parsing/matching (IPv4, IPv6, IPv4-mapped, edge prefixes). */
+ * parsing/matching (IPv4, IPv6, IPv4-mapped, edge prefixes), listeners'
+ * `trusted` networks and their refusals (submission ports, /0). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -226,6 +227,7 @@ static void test_defaults(void **state)
     assert_int_equal(l->ncerts, 0);
     assert_int_equal(l->allow.n, 0);
     assert_int_equal(l->deny.n, 0);
+    assert_int_equal(l->trusted.n, 0); /* nobody is trusted by default */
     assert_int_equal(l->max_conn, 1000);
     assert_int_equal(l->max_conn_per_ip, 20);
 
@@ -578,6 +580,25 @@ static const struct err_case err_cases[] = {
      "bad network `10.0.0.0/33` for `allow`"},
     {"listener x {\n    port 588\n    mode starttls\n    deny example.com\n}\n", 17, "bad network `example.com` for `deny`"},
     {"listener x {\n    port 588\n    mode starttls\n    max-connections 0\n}\n", 17, "from 1 to 1000000"},
+    /* trusted: never on a submission port or mode, never every address */
+    {"listener x {\n    address 127.0.0.2\n    port 587\n    mode starttls\n    trusted 127.0.0.1\n}\n", 18,
+     "`trusted` is not allowed on listener `x`: port 587 is for submission, where MAIL needs TLS and AUTH; add a "
+     "separate listener for local applications (for example port 25 or 10025 with address 127.0.0.1)"},
+    {"listener x {\n    trusted 127.0.0.1\n    port 465\n    mode starttls\n}\n", 15,
+     "`trusted` is not allowed on listener `x`: port 465 is for submission"},
+    {"listener x {\n    port 10465\n    mode implicit-tls\n    trusted ::1\n}\n", 17,
+     "`trusted` is not allowed on listener `x`: mode implicit-tls is for submission"},
+    {"listener x {\n    port 10025\n    mode starttls\n    trusted 127.0.0.1\n    trusted 0.0.0.0/0\n}\n", 18,
+     "`trusted 0.0.0.0/0` would trust every client address (an open relay)"},
+    {"listener x {\n    port 10025\n    mode starttls\n    trusted ::/0\n}\n", 17,
+     "`trusted ::/0` would trust every client address (an open relay)"},
+    {"listener x {\n    port 10025\n    mode starttls\n    trusted 10.1.2.3/0\n}\n", 17,
+     "`trusted 10.1.2.3/0` would trust every client address"},
+    {"listener x {\n    port 10025\n    mode starttls\n    trusted ::ffff:0.0.0.0/96\n}\n", 17,
+     "`trusted ::ffff:0.0.0.0/96` would trust every client address"},
+    {"listener x {\n    port 10025\n    mode starttls\n    trusted localhost\n}\n", 17,
+     "bad network `localhost` for `trusted`"},
+    {"listener x {\n    port 10025\n    mode starttls\n    trusted\n}\n", 17, "`trusted` takes one value"},
     {"listener x {\n    port 588\n    mode starttls\n    certificate only-one\n}\n", 17,
      "`certificate` takes 2 values (certificate CRT KEY), not 1"},
     /* relative file names are relative to the config's directory, where a.crt and a.key are */
@@ -1794,6 +1815,82 @@ static void test_cidr_match(void **state)
     assert_false(cidr_list_match(NULL, (struct sockaddr *)&a));
 }
 
+/* `trusted` on a local listener: its networks, nothing on the others. */
+static void test_trusted(void **state)
+{
+    struct fx *f = *state;
+    struct errlist e;
+    errlist_init(&e);
+    char *text = base_conf(f, "listener local {\n"
+                              "    address 127.0.0.1\n"
+                              "    address ::1\n"
+                              "    port 10025\n"
+                              "    mode starttls\n"
+                              "    trusted 127.0.0.0/8\n"
+                              "    trusted ::1\n"
+                              "    trusted 192.0.2.77/24\n"
+                              "}\n");
+    struct config *c = load(f, text, &e);
+    free(text);
+    if (!c)
+        dump(&e);
+    assert_non_null(c);
+    assert_int_equal(e.n, 0);
+    assert_int_equal(c->nlisteners, 2);
+    assert_int_equal(c->listeners[0].trusted.n, 0);
+    const struct listener_cfg *l = config_listener(c, "local");
+    assert_non_null(l);
+    assert_int_equal(l->port, 10025);
+    assert_int_equal(l->trusted.n, 3);
+    assert_int_equal(l->trusted.v[0].family, AF_INET);
+    assert_int_equal(l->trusted.v[0].prefix, 8);
+    assert_int_equal(l->trusted.v[1].family, AF_INET6);
+    assert_int_equal(l->trusted.v[1].prefix, 128);
+    assert_int_equal(l->trusted.v[2].prefix, 24);
+    struct sockaddr_in a = sin4("127.3.4.5"), b = sin4("10.0.0.1"), d = sin4("192.0.2.1");
+    struct sockaddr_in6 a6 = sin6("::1"), b6 = sin6("::2"), m6a = sin6("::ffff:127.0.0.9");
+    assert_int_equal(cidr_list_match(&l->trusted, (struct sockaddr *)&a), 1);
+    assert_int_equal(cidr_list_match(&l->trusted, (struct sockaddr *)&b), 0);
+    assert_int_equal(cidr_list_match(&l->trusted, (struct sockaddr *)&d), 1); /* host bits cleared */
+    assert_int_equal(cidr_list_match(&l->trusted, (struct sockaddr *)&a6), 1);
+    assert_int_equal(cidr_list_match(&l->trusted, (struct sockaddr *)&b6), 0);
+    assert_int_equal(cidr_list_match(&l->trusted, (struct sockaddr *)&m6a), 1);
+    assert_int_equal(cidr_list_match(&c->listeners[0].trusted, (struct sockaddr *)&a), 0);
+    config_unref(c);
+    errlist_free(&e);
+
+    /* every refusal at once: one message each, at its line */
+    errlist_init(&e);
+    text = base_conf(f, "listener a {\n"               /* 14 */
+                        "    address 127.0.0.2\n"       /* 15 */
+                        "    port 587\n"                /* 16 */
+                        "    mode starttls\n"           /* 17 */
+                        "    trusted 127.0.0.1\n"       /* 18 */
+                        "}\n"                           /* 19 */
+                        "listener b {\n"               /* 20 */
+                        "    port 465\n"                /* 21 */
+                        "    mode implicit-tls\n"       /* 22 */
+                        "    trusted 127.0.0.1\n"       /* 23 */
+                        "}\n"                           /* 24 */
+                        "listener c {\n"               /* 25 */
+                        "    port 25\n"                 /* 26 */
+                        "    mode starttls\n"           /* 27 */
+                        "    trusted 0.0.0.0/0\n"       /* 28 */
+                        "    trusted ::/0\n"            /* 29 */
+                        "}\n");                         /* 30 */
+    c = load(f, text, &e);
+    free(text);
+    assert_null(c);
+    expect_error(&e, f->conf, 18, "not allowed on listener `a`: port 587 is for submission");
+    expect_error(&e, f->conf, 23, "not allowed on listener `b`: mode implicit-tls is for submission");
+    expect_error(&e, f->conf, 28, "`trusted 0.0.0.0/0` would trust every client address");
+    expect_error(&e, f->conf, 29, "`trusted ::/0` would trust every client address");
+    if (e.n != 4)
+        dump(&e);
+    assert_int_equal(e.n, 4);
+    errlist_free(&e);
+}
+
 static void test_sockaddr_ip(void **state)
 {
     (void)state;
@@ -1842,6 +1939,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dkim_example, setup, teardown),
         cmocka_unit_test(test_cidr_parse),
         cmocka_unit_test(test_cidr_match),
+        cmocka_unit_test_setup_teardown(test_trusted, setup, teardown),
         cmocka_unit_test(test_sockaddr_ip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
