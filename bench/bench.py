@@ -308,7 +308,7 @@ class Server:
 
 
 class Submitd(Server):
-    def __init__(self, ctx, name, dkim=None, relay=False):
+    def __init__(self, ctx, name, dkim=None, relay=True):
         self.name = name
         super().__init__(ctx)
         self.plain_port = free_port()  # scenario (c): the `trusted` listener
@@ -796,7 +796,7 @@ def render(ctx, results, labels):
             v = m(sc, n, field)
             vals[n] = v
             if (sc, n) not in by:
-                cells.append("n/a" if sc == "c" and n == "submitd" else "–")
+                cells.append("–")
                 continue
             txt = fmt(v, digits)
             if extra:
@@ -821,12 +821,12 @@ def render(ctx, results, labels):
         return None if v is None else f"{fmt(v)} handshakes/s"
 
     def e_row():
-        """(e): submitd from its smarthost instance, the peers from (a)."""
+        """(e): from the runs of (a) (older results: submitd from a separate smarthost instance)."""
         cells, vals = [], {}
         for n in names:
-            key = ("e", "submitd-relay") if n == "submitd" else ("a", n)
+            key = ("e", "submitd-relay") if n == "submitd" and ("e", "submitd-relay") in by else ("a", n)
             if key not in by:
-                cells.append("pending" if n == "submitd" else "–")
+                cells.append("–")
                 vals[n] = None
                 continue
             rel, acc = m(*key, "relayed_per_s"), m(*key, "msgs_per_s")
@@ -866,11 +866,9 @@ def render(ctx, results, labels):
                  "them) summed over the server's processes; the RSS sum counts Postfix's shared libraries "
                  "once per smtpd process.")
     if "submitd" in names:
-        notes.append("submitd's accepted-throughput figures ((a), (b), (f), (g), CPU, memory) use its Maildir "
-                     "transport (one fsynced file per recipient); Postfix and Haraka relay to the sink. "
-                     + ("Its (e) figure comes from a separate instance relaying through the smarthost transport "
-                        "under the load of (a)." if ("e", "submitd-relay") in by else
-                        "**(e) is pending for submitd**: this build has no smarthost transport."))
+        notes.append("Every server relays what it accepts to the same sink (submitd through its smarthost "
+                     "transport, plain SMTP on loopback), during the run: the CPU figures cover accepting and "
+                     "relaying. (e) is measured in the runs of (a).")
     out += [f"- {n}" for n in notes]
     # (f)
     f_rows = []
@@ -1060,7 +1058,8 @@ def main():
         if r.returncode != 0:
             raise SystemExit("bench: submitctl dkim keygen: " + r.stderr)
         dk[kind] = (f"bench-{kind}", str(ctx.work / "dkim" / f"example.test.bench-{kind}.key"))
-    ctx.smarthost = detect_smarthost(ctx)
+    if not detect_smarthost(ctx):
+        raise SystemExit("bench: this submitd build has no smarthost transport to relay to the sink")
     ctx.submitd_extra = RATELIMIT_BLOCK if config_accepted(ctx, RATELIMIT_BLOCK) else []
 
     servers = []
@@ -1076,16 +1075,13 @@ def main():
     dkim_servers = []
     if "f" in only and "submitd" in want_servers:
         dkim_servers = [Submitd(ctx, "submitd-rsa", dk["rsa"]), Submitd(ctx, "submitd-ed25519", dk["ed25519"])]
-    relay_servers = []
-    if "e" in only and "submitd" in want_servers and ctx.smarthost:
-        relay_servers = [Submitd(ctx, "submitd-relay", relay=True)]
 
     results = []
     t_start = time.monotonic()
     try:
         ctx.sink = Sink(ctx)
         ctx.sink.start()
-        for s in servers + dkim_servers + relay_servers:
+        for s in servers + dkim_servers:
             s.start()
             if not settle(s):
                 log(f"bench: warning: {s.label} is still busy 60 s after its start")
@@ -1096,9 +1092,7 @@ def main():
             if problems:
                 raise SystemExit(1)
         meta = machine_meta(servers)
-        log(f"bench: {ctx.runs} runs x {ctx.seconds}s per scenario and server; submitd delivers to a Maildir"
-            + (", and relays to the sink through its smarthost transport in (e)" if relay_servers
-               else "; (e) pending for submitd: this build has no smarthost transport" if "e" in only else ""))
+        log(f"bench: {ctx.runs} runs x {ctx.seconds}s per scenario and server; every server relays to the sink")
         plan = [k for k in ("a", "b", "c", "g") if k in only or (k == "a" and ("e" in only or "f" in only))]
         for key in plan:
             for run in range(ctx.runs):
@@ -1128,27 +1122,17 @@ def main():
                     log(f"  (d) run {run + 1} {s.label:28} held {r['held']}/{r['wanted']} in {r['open_s']} s, "
                         f"RSS {r['rss_before_mib']} -> {r['rss_held_mib']} MiB "
                         f"({fmt(r['kib_per_session'], 1)} KiB/session), {r['processes']} processes")
-        # (e) for submitd last: its relay backlog, if any, disturbs no other run
-        for run in range(ctx.runs if relay_servers else 0):
-            for s in relay_servers:
-                r = load_run(ctx, s, "a")
-                r["scenario"] = "e"
-                r["run"] = run + 1
-                results.append(r)
-                log(f"  (e) run {run + 1} {s.label:28} accepted {r['msgs_per_s']:9.1f} msgs/s, relayed during the "
-                    f"run {r['relayed_per_s']:8.1f}/s, backlog left {r['backlog_left']}, drained after "
-                    f"{fmt(r['drain_s'], 1)} s")
     except KeyboardInterrupt:
         log("bench: interrupted")
         raise SystemExit(130)
     finally:
         ctx.procs.stop_all()
-        for s in servers + dkim_servers + relay_servers:
+        for s in servers + dkim_servers:
             s.cleanup()
         system = system_postfix()
         if system:
             log(f"bench: warning: a system Postfix is running (not started by this script): pid {system}")
-    labels = {s.name: s.label for s in servers + dkim_servers + relay_servers}
+    labels = {s.name: s.label for s in servers + dkim_servers}
     settings = dict(seconds=ctx.seconds, runs=ctx.runs, conc=ctx.conc, idle=ctx.idle)
     (ctx.bin / "results.json").write_text(json.dumps(dict(meta=meta, labels=labels, settings=settings,
                                                           results=results), indent=1))

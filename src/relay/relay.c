@@ -418,6 +418,7 @@ struct relay_conn *relay_open(const struct relay_opts *o, const struct relay_tar
 {
     memset(f, 0, sizeof(*f));
     struct relay_conn *rc = xcalloc(1, sizeof(*rc));
+    rc->clean = 1;
     str_copy(rc->host, t->host, sizeof(rc->host));
     sockaddr_text(t->sa, rc->peer, sizeof(rc->peer));
     str_copy(rc->key, rc->peer, sizeof(rc->key));
@@ -568,6 +569,7 @@ enum relay_tx relay_transaction(struct relay_conn *rc, const struct relay_opts *
 
     relay_mail_cmd(e, rc->ext, size, &cmd);
     sb_append(&cmd, "\r\n", 2);
+    rc->clean = 0; /* until a final reply ends the transaction */
     if (pipelining) {
         for (size_t i = 0; i < n; i++) {
             relay_rcpt_cmd(&e->rcpts[rcpts[i]], rc->ext, &cmd);
@@ -620,6 +622,7 @@ enum relay_tx relay_transaction(struct relay_conn *rc, const struct relay_opts *
             /* RFC 2920 3.1: every RCPT failed yet DATA was accepted: send an empty message, ignore the reply */
             if (smtpc_write(c, ".\r\n", 3) != 0 || smtpc_read_reply(c, &r) != 0)
                 goto broken;
+            rc->clean = 1;
         } else if (naccepted > 0 && r.code != 354) {
             if (result_accepted(rc, &r, "DATA", res, done, accepted, n))
                 goto broken;
@@ -660,7 +663,10 @@ enum relay_tx relay_transaction(struct relay_conn *rc, const struct relay_opts *
         }
         if (result_accepted(rc, &r, "end of data", res, done, accepted, n))
             goto broken;
+        rc->clean = 1; /* RFC 5321 4.1.1.4: the reply to the end of data ends the transaction */
     }
+    if (!mail_ok)
+        rc->clean = 1; /* MAIL refused: no transaction was opened */
     rc->nmsgs++;
     size_t ok = 0;
     for (size_t i = 0; i < n; i++)
@@ -691,9 +697,15 @@ out:
 
 /* ---- one destination's addresses --------------------------------------------------------- */
 
-/* Gets a usable connection for address sa: an idle one that answers RSET,
- * else a new one (with the plain-text retry of opportunistic TLS). NULL
- * with f filled (the pool slot released) when none. */
+/* An idle connection is reused without an RSET round trip when its last
+ * transaction ended cleanly, it was used this recently and nothing arrived
+ * on it meanwhile (see smtpc_idle_quiet); otherwise RSET checks it. */
+#define REUSE_QUIET_MS 2000
+
+/* Gets a usable connection for address sa: an idle one that is quiet or
+ * answers RSET, else a new one (with the plain-text retry of
+ * opportunistic TLS). NULL with f filled (the pool slot released) when
+ * none. */
 static struct relay_conn *get_conn(const struct relay_attempt *a, const struct sockaddr_storage *sa, const char *key,
                                    struct relay_fail *f)
 {
@@ -708,7 +720,8 @@ static struct relay_conn *get_conn(const struct relay_attempt *a, const struct s
         return NULL;
     }
     if (rc) {
-        if (relay_rset(rc) == 0) {
+        int quiet = rc->clean && now_ms() - rc->idle_since_ms < REUSE_QUIET_MS && smtpc_idle_quiet(rc->c);
+        if (quiet || relay_rset(rc) == 0) {
             char qh[LOGQ_MAX];
             logkv(LOG_LVL_DEBUG, a->lc, "relay.reuse", "host=%s peer=%s messages=%u", log_q(qh, sizeof(qh), rc->host),
                   rc->peer, rc->nmsgs);

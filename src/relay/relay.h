@@ -153,6 +153,7 @@ struct relay_conn {
     int tls;          /* TLS active */
     int verified;     /* peer certificate and name verified */
     unsigned nmsgs;   /* transactions done */
+    int clean;        /* no transaction open on the server (fresh, or ended by its final reply) */
     uint64_t idle_since_ms;
     struct relay_conn *next; /* pool idle list */
 };

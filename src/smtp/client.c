@@ -143,6 +143,14 @@ void smtpc_set_transcript(struct smtpc *c, smtpc_transcript_fn fn, void *arg)
     c->transcript_arg = arg;
 }
 
+int smtpc_idle_quiet(struct smtpc *c)
+{
+    if (c->inlen > 0 || (c->ssl && SSL_pending(c->ssl) > 0))
+        return 0;
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    return poll(&p, 1, 0) == 0;
+}
+
 void smtpc_close(struct smtpc *c)
 {
     if (!c)

@@ -60,6 +60,10 @@ void smtpc_set_transcript(struct smtpc *c, smtpc_transcript_fn fn, void *arg);
 /* Closes (TLS close_notify best effort) and frees. NULL is fine. */
 void smtpc_close(struct smtpc *c);
 
+/* 1 when an idle connection looks usable without a round trip: nothing
+ * buffered (ours or TLS's) and nothing readable on the socket (no reply
+ * such as a 421 timeout, no close by the server). 0 otherwise. */
+int smtpc_idle_quiet(struct smtpc *c);
 /* Reads one complete reply. 0, or -1 with c->err/errtext set. */
 int smtpc_read_reply(struct smtpc *c, struct smtp_reply *r);
 /* Sends bytes as they are (caller adds CRLF). 0 or -1. */

@@ -9,6 +9,7 @@ final for that recipient, and 451, 451, 250 delivered on the third try."""
 
 import os
 import re
+import time
 import signal
 import subprocess
 
@@ -145,13 +146,21 @@ def test_smarthost_starttls_auth_bytes_reuse(make_daemon, receivers, certs, tmp_
     # credential rotation: the first login refused, the second accepted
     assert [a[1] for a in rx.auth_attempts] == ["oldkey", "apikey"], rx.auth_attempts
     d.wait_log(rf"event=queue\.removed .*qid={qid1}")
-    # a second message reuses the connection (RSET, no new TLS/AUTH)
+    # a second message right after reuses the connection (no new TLS/AUTH)
+    # without an RSET round trip: the last transaction ended cleanly and
+    # nothing arrived on the idle connection
     qid2, msg2 = submit(d, ["dave@relay.test"], subject="second")
     m2 = rx.wait_messages(2)[1]
     assert_relayed(m2, ALICE, ["dave@relay.test"], msg2, qid2)
     assert rx.connections == 1, f"{rx.connections} connections for 2 messages"
     assert len(rx.auth_attempts) == 2
     d.wait_log(rf"event=queue\.removed .*qid={qid2}")
+    assert not any(b"RSET" in c for c in rx.chunks), rx.chunks
+    # idle for longer than 2 s: RSET checks the connection before reuse
+    time.sleep(2.5)
+    qid3, msg3 = submit(d, ["erin@relay.test"], subject="third")
+    assert_relayed(rx.wait_messages(3)[2], ALICE, ["erin@relay.test"], msg3, qid3)
+    assert rx.connections == 1 and sum(c.count(b"RSET\r\n") for c in rx.chunks) == 1, rx.chunks
     log = d.log_text()
     assert re.search(r"event=relay\.tls .*version=TLSv1\.3 .*verified=yes", log), log
     assert re.search(r"event=relay\.auth_failed .*login=oldkey", log), log
