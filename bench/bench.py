@@ -283,7 +283,6 @@ class Sink:
 class Server:
     name = "?"
     label = "?"
-    relays = True  # delivers to the sink (else: a Maildir)
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -308,15 +307,12 @@ class Server:
 
 
 class Submitd(Server):
-    def __init__(self, ctx, name, dkim=None, relay=True):
+    def __init__(self, ctx, name, dkim=None):
         self.name = name
-        super().__init__(ctx)
-        self.plain_port = free_port()  # scenario (c): the `trusted` listener
+        super().__init__(ctx)  # plain_port: the `trusted` listener of scenario (c)
         self.label = {"submitd": "submitd", "submitd-rsa": "submitd + DKIM rsa-sha256",
-                      "submitd-ed25519": "submitd + DKIM ed25519",
-                      "submitd-relay": "submitd (smarthost)"}.get(name, name)
+                      "submitd-ed25519": "submitd + DKIM ed25519"}.get(name, name)
         self.dkim = dkim
-        self.relays = relay
 
     def config(self, transport):
         c = self.ctx
@@ -340,12 +336,8 @@ class Submitd(Server):
     def start(self):
         c = self.ctx
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "mail").mkdir(exist_ok=True)
-        if self.relays:
-            transport = ["transport sink {", "    type smarthost", f"    url smtp://127.0.0.1:{c.sink.port}",
-                         "    starttls optional", "}"]
-        else:
-            transport = ["transport sink {", "    type maildir", f"    path {self.dir}/mail", "}"]
+        transport = ["transport sink {", "    type smarthost", f"    url smtp://127.0.0.1:{c.sink.port}",
+                     "    starttls optional", "}"]
         (self.dir / "submitd.conf").write_text(self.config(transport))
         logf = open(self.dir / "submitd.log", "wb")
         self.proc = subprocess.Popen([str(c.build / "submitd"), "-c", str(self.dir / "submitd.conf")],
@@ -362,21 +354,6 @@ class Submitd(Server):
             return sum(1 for n in os.listdir(q) if not n.endswith(".st"))
         except OSError:
             return 0
-
-    def delivered(self):
-        if self.relays:
-            return self.ctx.sink.count()
-        try:
-            return len(os.listdir(self.dir / "mail" / "new"))
-        except OSError:
-            return 0
-
-    def cleanup(self):
-        """Removes the delivered Maildir files, once all runs are over:
-        removing them between runs would make ext4 slower at allocating
-        inodes for every server (it skips recently freed inodes)."""
-        if not self.relays:
-            shutil.rmtree(self.dir / "mail", ignore_errors=True)
 
     def version(self):
         try:
@@ -582,7 +559,7 @@ def settle(srv, timeout=60):
 
 def check_server(ctx, srv):
     """STARTTLS before AUTH, no relay without AUTH, a message reaches the
-    sink (or Maildir). Returns a list of problems."""
+    sink. Returns a list of problems."""
     problems = []
     tls = ssl.create_default_context()
     tls.check_hostname = False
@@ -821,10 +798,10 @@ def render(ctx, results, labels):
         return None if v is None else f"{fmt(v)} handshakes/s"
 
     def e_row():
-        """(e): from the runs of (a) (older results: submitd from a separate smarthost instance)."""
+        """(e): from the runs of (a)."""
         cells, vals = [], {}
         for n in names:
-            key = ("e", "submitd-relay") if n == "submitd" and ("e", "submitd-relay") in by else ("a", n)
+            key = ("a", n)
             if key not in by:
                 cells.append("–")
                 vals[n] = None

@@ -73,12 +73,13 @@ struct spool {
     struct recycle rc;
 };
 
+static void recycled_drop(struct spool *s, int fd, const char *name);
+
 struct spool_writer {
     struct spool *s;
     char id[QID_LEN + 1];
     char tmpname[TMPNAME_LEN]; /* tmp/ID, or a recycled tmp/free.PID.N */
-    int recycled;              /* the file may be longer than what we wrote */
-    uint64_t written;          /* bytes written from offset 0 */
+    int recycled;              /* the file may be longer than what we write */
     int fd;
     int err;
     uint64_t size;
@@ -636,11 +637,8 @@ void spool_close(struct spool *s)
 {
     if (!s)
         return;
-    for (size_t i = 0; i < s->rc.n; i++) {
-        if (s->tmpfd >= 0)
-            unlinkat(s->tmpfd, s->rc.names[i], 0);
-        close(s->rc.fds[i]);
-    }
+    for (size_t i = 0; i < s->rc.n; i++) /* only spool_open's tmp/ gives files to the pool */
+        recycled_drop(s, s->rc.fds[i], s->rc.names[i]);
     int fds[] = {s->dfd, s->tmpfd, s->qfd, s->cfd};
     for (size_t i = 0; i < ARRAY_LEN(fds); i++)
         if (fds[i] >= 0)
@@ -713,6 +711,13 @@ static int rename_noreplace(int ofd, const char *old, int nfd, const char *new)
 
 /* ---- recycled files ------------------------------------------------------------ */
 
+/* Gives up a recycled file: removes tmp/name and closes fd. */
+static void recycled_drop(struct spool *s, int fd, const char *name)
+{
+    unlinkat(s->tmpfd, name, 0);
+    close(fd);
+}
+
 /* A recycled file (open for writing, at offset 0) and its name in tmp/,
  * or -1 when there is none. */
 static int recycled_take(struct spool *s, char name[TMPNAME_LEN])
@@ -728,8 +733,7 @@ static int recycled_take(struct spool *s, char name[TMPNAME_LEN])
         pthread_mutex_unlock(&s->rc.mu);
         if (fd < 0 || lseek(fd, 0, SEEK_SET) == 0)
             return fd;
-        unlinkat(s->tmpfd, name, 0);
-        close(fd);
+        recycled_drop(s, fd, name);
     }
 }
 
@@ -744,10 +748,8 @@ static void recycled_put(struct spool *s, int fd, const char *name)
         s->rc.n++;
     }
     pthread_mutex_unlock(&s->rc.mu);
-    if (!kept) {
-        unlinkat(s->tmpfd, name, 0);
-        close(fd);
-    }
+    if (!kept)
+        recycled_drop(s, fd, name);
 }
 
 /* Moves queue/id out of the queue: to tmp/ for recycling when it is small
@@ -806,8 +808,6 @@ static void writer_flush(struct spool_writer *w)
         return;
     if (write_all(w->fd, w->buf, w->blen) != 0)
         w->err = errno ? errno : EIO;
-    else
-        w->written += w->blen;
     w->blen = 0;
 }
 
@@ -823,8 +823,6 @@ static void writer_put(struct spool_writer *w, const void *buf, size_t n)
     if (n >= WBUF_SIZE) {
         if (write_all(w->fd, buf, n) != 0)
             w->err = errno ? errno : EIO;
-        else
-            w->written += n;
         return;
     }
     memcpy(w->buf + w->blen, buf, n);
@@ -897,11 +895,12 @@ int spool_commit(struct spool_writer *w, const struct envelope *e)
              (unsigned long long)w->size, (unsigned long long)t.len, sum);
     writer_put(w, t.s, t.len);
     writer_put(w, footer, FOOTER_LEN);
+    off_t total = (off_t)(w->size + t.len + FOOTER_LEN);
     sb_free(&t);
     writer_flush(w);
     int err = w->err;
     /* a recycled file keeps what it held beyond our bytes until cut here */
-    if (!err && w->recycled && ftruncate(w->fd, (off_t)w->written) != 0)
+    if (!err && w->recycled && ftruncate(w->fd, total) != 0)
         err = errno;
     if (!err && fsync(w->fd) != 0)
         err = errno;
@@ -1509,14 +1508,10 @@ int spool_remove(struct spool *s, const char *id)
         e = errno;
     /* reused only once queue/ID is durably gone: a crash must never find
      * the old name pointing at a new message's bytes */
-    if (fd >= 0) {
-        if (e) {
-            unlinkat(s->tmpfd, freename, 0);
-            close(fd);
-        } else {
-            recycled_put(s, fd, freename);
-        }
-    }
+    if (fd >= 0 && e)
+        recycled_drop(s, fd, freename);
+    else if (fd >= 0)
+        recycled_put(s, fd, freename);
     errno = e;
     return e ? -1 : 0;
 }
