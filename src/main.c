@@ -76,7 +76,7 @@ static int check_config(const char *path)
 
 static void chown_tree(const char *dir, uid_t uid, gid_t gid)
 {
-    static const char *const subs[] = {"", "/tmp", "/queue", "/corrupt"};
+    static const char *const subs[] = {"", "/tmp", "/queue", "/corrupt", "/journal"};
     for (size_t i = 0; i < sizeof(subs) / sizeof(subs[0]); i++) {
         char p[4096];
         snprintf(p, sizeof(p), "%s%s", dir, subs[i]);

@@ -1,9 +1,12 @@
 /* spool: the durable on-disk queue (see spool.h and docs/spool-format.md,
- * format v1). Owns the envelope codec, the directory layout (tmp/, queue/,
- * corrupt/), message writers and their commit (fsync + rename + directory
+ * format v1). Owns the directory layout (tmp/, queue/, corrupt/,
+ * journal/), message writers and their commit (fsync + rename + directory
  * fsync), the checksummed footer that detects torn or foreign files, the
  * append-only per-recipient status log (queue/ID.st), the recycling of
- * removed queue files into new messages and the recovery scan. */
+ * removed queue files into new messages, the recovery scan, and the use
+ * of the journal (journal.c) for small messages: committing into it,
+ * reading from it, and moving a message out of it into its own queue file
+ * when it needs a status log. */
 #include "queue/spool.h"
 
 #include <dirent.h>
@@ -12,6 +15,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,8 +25,10 @@
 #include <openssl/evp.h>
 
 #include "core/log.h"
+#include "queue/gsync.h"
+#include "queue/journal.h"
+#include "queue/spool_int.h"
 
-#define ENV_VERSION_LINE "submitd-envelope 1"
 #define FOOTER_MAGIC "SUBMITD-SPOOL v"
 #define FOOTER_VERSION 1
 /* "SUBMITD-SPOOL v1 " + 16 hex offset + ' ' + 16 hex length + ' ' + 64 hex sha256 + '\n' */
@@ -30,26 +36,18 @@
 #define TRAILER_MAX ((uint64_t)64 << 20)
 #define WBUF_SIZE (64 * 1024)
 #define ST_LINE_MAX 8192
-#define ENV_RCPTS_MAX 1000000u
 /* Removed queue files kept (in tmp/, open for writing) for new messages:
  * at most this many, and only files up to this size. */
 #define RECYCLE_MAX 64
 #define RECYCLE_SIZE_MAX (256 * 1024)
 #define TMPNAME_LEN 48
-
-/* Group commit of queue/'s directory entries: every thread that renamed
- * a file into queue/ or unlinked one there needs an fsync of queue/ that
- * started after its change. One fsync covers every change made before it
- * started, so concurrent committers share it instead of each paying one. */
-struct dirsync {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    uint64_t changes;   /* changes registered so far (a counter) */
-    uint64_t synced;    /* changes 1..synced are durable */
-    uint64_t failed;    /* an fsync covering changes up to this one failed */
-    int failed_errno;
-    int running;        /* an fsync is in progress */
-};
+/* The journal: segments of this size, at most this many (disk it may
+ * take: their product); message bytes buffered in memory for it, over
+ * all writers, at most JOURNAL_MEM_MAX (beyond, writers use files). */
+#define JOURNAL_SEG_SIZE ((uint64_t)8 << 20)
+#define JOURNAL_SEGS_MAX 16
+#define JOURNAL_MEM_MAX ((size_t)64 << 20)
+#define MEMBUF_INITIAL (16 * 1024)
 
 /* Files of removed messages, renamed to tmp/free.PID.N and kept open:
  * a new message overwrites one instead of creating a file, which saves
@@ -69,21 +67,27 @@ struct spool {
     int tmpfd;    /* tmp/ */
     int qfd;      /* queue/ */
     int cfd;      /* corrupt/ */
-    struct dirsync ds;
+    int jfd;      /* journal/ */
+    struct gsync ds; /* group commit of queue/'s fsync */
     struct recycle rc;
+    struct journal *jr;  /* NULL: every message gets a file */
+    int use_journal;
+    atomic_size_t mem_used; /* writers' in-memory buffers (JOURNAL_MEM_MAX) */
 };
 
 static void recycled_drop(struct spool *s, int fd, const char *name);
+static int pread_full(int fd, void *buf, size_t n, off_t off);
 
 struct spool_writer {
     struct spool *s;
     char id[QID_LEN + 1];
     char tmpname[TMPNAME_LEN]; /* tmp/ID, or a recycled tmp/free.PID.N */
     int recycled;              /* the file may be longer than what we write */
-    int fd;
+    int fd;                    /* -1 while the message is held in memory for the journal */
     int err;
     uint64_t size;
-    size_t blen;
+    size_t blen, bcap;
+    size_t mem;                /* bytes of buf counted in spool.mem_used */
     unsigned char *buf;
 };
 
@@ -93,442 +97,11 @@ struct msg_priv {
     char id[QID_LEN + 1];
     int stfd; /* queue/ID.st, -1 until opened */
     int ro;   /* spool_msg_peek: never written */
+    struct spool *s;
+    struct jread jr; /* jr.seg set: read from the journal (pub.fd is the segment's) */
+    uint64_t base;   /* where the stored bytes start in pub.fd */
+    int spilled;     /* moved out of the journal into queue/ID */
 };
-
-/* ---- envelope ------------------------------------------------------------ */
-
-void envelope_init(struct envelope *e)
-{
-    memset(e, 0, sizeof(*e));
-}
-
-void envelope_free(struct envelope *e)
-{
-    free(e->mail_from);
-    free(e->auth_user);
-    free(e->client_ip);
-    free(e->helo);
-    free(e->listener);
-    free(e->envid);
-    free(e->prepend);
-    for (size_t i = 0; i < e->nrcpts; i++) {
-        free(e->rcpts[i].addr);
-        free(e->rcpts[i].orcpt);
-    }
-    free(e->rcpts);
-    envelope_init(e);
-}
-
-void envelope_add_rcpt(struct envelope *e, const char *addr, unsigned notify, const char *orcpt)
-{
-    size_t n = e->nrcpts;
-    /* capacity is max(4, next power of two >= n): grow when n is a power of two */
-    if (n == 0 || (n & (n - 1)) == 0)
-        e->rcpts = xrealloc(e->rcpts, (n < 2 ? 4 : 2 * n) * sizeof(*e->rcpts));
-    e->rcpts[n].addr = xstrdup(addr);
-    e->rcpts[n].notify = notify;
-    e->rcpts[n].orcpt = orcpt ? xstrdup(orcpt) : NULL;
-    e->nrcpts = n + 1;
-}
-
-/* ---- value escaping -------------------------------------------------------
- * A string value is "..." with printable ASCII except '"' and '\' as is,
- * and every other byte as \xHH; NULL is written as a lone '-'. */
-
-static void put_str(struct strbuf *b, const char *s)
-{
-    static const char hex[] = "0123456789abcdef";
-    if (!s) {
-        sb_append(b, "-", 1);
-        return;
-    }
-    sb_append(b, "\"", 1);
-    const unsigned char *p = (const unsigned char *)s;
-    while (*p) {
-        const unsigned char *run = p;
-        while (*p >= 0x20 && *p < 0x7f && *p != '"' && *p != '\\')
-            p++;
-        if (p > run)
-            sb_append(b, run, (size_t)(p - run));
-        if (!*p)
-            break;
-        char esc[4] = {'\\', 'x', hex[*p >> 4], hex[*p & 15]};
-        sb_append(b, esc, 4);
-        p++;
-    }
-    sb_append(b, "\"", 1);
-}
-
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* A cursor over one line [p, end). */
-struct cur {
-    const char *p;
-    const char *end;
-};
-
-/* Parses a string token at c->p. *out is NULL for '-'. 0 or -1 (reason in why). */
-static int get_str(struct cur *c, char **out, const char **why)
-{
-    *out = NULL;
-    if (c->p < c->end && *c->p == '-') {
-        c->p++;
-        return 0;
-    }
-    if (c->p >= c->end || *c->p != '"') {
-        *why = "expected a quoted value or '-'";
-        return -1;
-    }
-    c->p++;
-    struct strbuf b;
-    sb_init(&b);
-    sb_append(&b, "", 0);
-    for (;;) {
-        if (c->p >= c->end) {
-            *why = "unterminated quoted value";
-            sb_free(&b);
-            return -1;
-        }
-        unsigned char ch = (unsigned char)*c->p;
-        if (ch == '"') {
-            c->p++;
-            break;
-        }
-        if (ch == '\\') {
-            int h1 = c->end - c->p >= 4 && c->p[1] == 'x' ? hexval((unsigned char)c->p[2]) : -1;
-            int h2 = h1 >= 0 ? hexval((unsigned char)c->p[3]) : -1;
-            if (h2 < 0) {
-                *why = "bad escape";
-                sb_free(&b);
-                return -1;
-            }
-            char v = (char)(h1 * 16 + h2);
-            if (v == '\0') {
-                *why = "NUL byte in value";
-                sb_free(&b);
-                return -1;
-            }
-            sb_append(&b, &v, 1);
-            c->p += 4;
-            continue;
-        }
-        if (ch < 0x20 || ch >= 0x7f) {
-            *why = "raw control or non-ASCII byte in value";
-            sb_free(&b);
-            return -1;
-        }
-        sb_append(&b, c->p, 1);
-        c->p++;
-    }
-    *out = sb_steal(&b);
-    return 0;
-}
-
-/* Unsigned decimal without sign or superfluous leading zeros, <= max. */
-static int get_u64(struct cur *c, uint64_t max, uint64_t *out, const char **why)
-{
-    const char *s = c->p;
-    uint64_t v = 0;
-    while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
-        unsigned d = (unsigned)(*c->p - '0');
-        if (v > (UINT64_MAX - d) / 10) {
-            *why = "number out of range";
-            return -1;
-        }
-        v = v * 10 + d;
-        c->p++;
-    }
-    size_t len = (size_t)(c->p - s);
-    if (len == 0 || (len > 1 && *s == '0')) {
-        *why = "bad number";
-        return -1;
-    }
-    if (v > max) {
-        *why = "number out of range";
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int get_i64(struct cur *c, int64_t *out, const char **why)
-{
-    int neg = 0;
-    if (c->p < c->end && *c->p == '-') {
-        neg = 1;
-        c->p++;
-    }
-    uint64_t v;
-    if (get_u64(c, neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX, &v, why) != 0)
-        return -1;
-    if (neg && v == 0) {
-        *why = "bad number";
-        return -1;
-    }
-    *out = neg ? (v == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)v) : (int64_t)v;
-    return 0;
-}
-
-static int get_sp(struct cur *c, const char **why)
-{
-    if (c->p < c->end && *c->p == ' ') {
-        c->p++;
-        return 0;
-    }
-    *why = "expected a space";
-    return -1;
-}
-
-static int get_eol(struct cur *c, const char **why)
-{
-    if (c->p == c->end)
-        return 0;
-    *why = "trailing characters";
-    return -1;
-}
-
-/* ---- envelope codec ------------------------------------------------------ */
-
-void spool_env_encode(const struct envelope *e, struct strbuf *out)
-{
-    sb_puts(out, ENV_VERSION_LINE "\n");
-    sb_printf(out, "id %s\n", e->id);
-    sb_puts(out, "mail-from ");
-    put_str(out, e->mail_from);
-    sb_puts(out, "\nauth-user ");
-    put_str(out, e->auth_user);
-    sb_puts(out, "\nclient-ip ");
-    put_str(out, e->client_ip);
-    sb_puts(out, "\nhelo ");
-    put_str(out, e->helo);
-    sb_puts(out, "\nlistener ");
-    put_str(out, e->listener);
-    sb_printf(out, "\nbody %d\nsmtputf8 %d\ndsn-ret %d\nenvid ", e->body, e->smtputf8, e->dsn_ret);
-    put_str(out, e->envid);
-    sb_printf(out, "\nreceived %lld\nsize %llu\nprepend ", (long long)e->received, (unsigned long long)e->size);
-    put_str(out, e->prepend);
-    sb_printf(out, "\nrcpts %zu\n", e->nrcpts);
-    for (size_t i = 0; i < e->nrcpts; i++) {
-        sb_puts(out, "rcpt ");
-        put_str(out, e->rcpts[i].addr);
-        sb_printf(out, " %u ", e->rcpts[i].notify);
-        put_str(out, e->rcpts[i].orcpt);
-        sb_puts(out, "\n");
-    }
-    sb_puts(out, "end\n");
-}
-
-enum env_key {
-    K_ID, K_FROM, K_AUTH, K_IP, K_HELO, K_LISTENER, K_BODY, K_UTF8, K_RET, K_ENVID, K_RECEIVED, K_SIZE,
-    K_PREPEND, K_RCPTS, K__COUNT
-};
-
-static const char *const env_keys[K__COUNT] = {
-    "id", "mail-from", "auth-user", "client-ip", "helo", "listener", "body", "smtputf8", "dsn-ret",
-    "envid", "received", "size", "prepend", "rcpts",
-};
-
-static int decode_field(enum env_key k, struct cur *c, struct envelope *e, uint64_t *nrcpts, const char **why)
-{
-    uint64_t u;
-    char **sp = NULL;
-    switch (k) {
-    case K_ID: {
-        size_t l = (size_t)(c->end - c->p);
-        if (l != QID_LEN) {
-            *why = "bad id";
-            return -1;
-        }
-        memcpy(e->id, c->p, QID_LEN);
-        e->id[QID_LEN] = '\0';
-        c->p = c->end;
-        if (!qid_valid(e->id)) {
-            *why = "bad id";
-            return -1;
-        }
-        return 0;
-    }
-    case K_FROM: sp = &e->mail_from; break;
-    case K_AUTH: sp = &e->auth_user; break;
-    case K_IP: sp = &e->client_ip; break;
-    case K_HELO: sp = &e->helo; break;
-    case K_LISTENER: sp = &e->listener; break;
-    case K_ENVID: sp = &e->envid; break;
-    case K_PREPEND: sp = &e->prepend; break;
-    case K_BODY:
-        if (get_u64(c, 3, &u, why) != 0)
-            return -1;
-        e->body = (int)u;
-        return 0;
-    case K_UTF8:
-        if (get_u64(c, 1, &u, why) != 0)
-            return -1;
-        e->smtputf8 = (int)u;
-        return 0;
-    case K_RET:
-        if (get_u64(c, 2, &u, why) != 0)
-            return -1;
-        e->dsn_ret = (int)u;
-        return 0;
-    case K_RECEIVED:
-        return get_i64(c, &e->received, why);
-    case K_SIZE:
-        return get_u64(c, UINT64_MAX, &e->size, why);
-    case K_RCPTS:
-        return get_u64(c, ENV_RCPTS_MAX, nrcpts, why);
-    case K__COUNT:
-        break;
-    }
-    if (!sp) {
-        *why = "internal";
-        return -1;
-    }
-    return get_str(c, sp, why);
-}
-
-static int decode_rcpt(struct cur *c, struct envelope *e, const char **why)
-{
-    char *addr = NULL, *orcpt = NULL;
-    uint64_t notify;
-    int rc = -1;
-    if (get_str(c, &addr, why) != 0)
-        goto out;
-    if (!addr || !*addr) {
-        *why = "empty recipient";
-        goto out;
-    }
-    if (get_sp(c, why) != 0 || get_u64(c, 15, &notify, why) != 0 || get_sp(c, why) != 0 ||
-        get_str(c, &orcpt, why) != 0)
-        goto out;
-    envelope_add_rcpt(e, addr, (unsigned)notify, orcpt);
-    rc = 0;
-out:
-    free(addr);
-    free(orcpt);
-    return rc;
-}
-
-static int env_decode(const char *buf, size_t len, struct envelope *e, size_t *lineno, const char **why,
-                      const char **missing)
-{
-    const char *p = buf, *end = buf + len;
-    int seen[K__COUNT] = {0};
-    uint64_t nrcpts = 0;
-    int ended = 0;
-    *lineno = 0;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        (*lineno)++;
-        if (!nl) {
-            *why = "truncated (last line has no newline)";
-            return -1;
-        }
-        if (ended) {
-            *why = "data after end";
-            return -1;
-        }
-        struct cur c = {p, nl};
-        p = nl + 1;
-        if (memchr(c.p, '\0', (size_t)(c.end - c.p))) {
-            *why = "NUL byte";
-            return -1;
-        }
-        size_t l = (size_t)(c.end - c.p);
-        if (*lineno == 1) {
-            if (l != strlen(ENV_VERSION_LINE) || memcmp(c.p, ENV_VERSION_LINE, l) != 0) {
-                *why = l > 17 && memcmp(c.p, "submitd-envelope ", 17) == 0 ? "unsupported envelope version"
-                                                                         : "not a submitd envelope";
-                return -1;
-            }
-            continue;
-        }
-        if (l == 3 && memcmp(c.p, "end", 3) == 0) {
-            ended = 1;
-            continue;
-        }
-        const char *sp = memchr(c.p, ' ', l);
-        if (!sp) {
-            *why = "expected `key value`";
-            return -1;
-        }
-        size_t kl = (size_t)(sp - c.p);
-        const char *key = c.p;
-        c.p = sp + 1;
-        if (kl == 4 && memcmp(key, "rcpt", 4) == 0) {
-            if (!seen[K_RCPTS]) {
-                *why = "rcpt before rcpts";
-                return -1;
-            }
-            if (e->nrcpts >= nrcpts) {
-                *why = "more rcpt lines than rcpts";
-                return -1;
-            }
-            if (decode_rcpt(&c, e, why) != 0 || get_eol(&c, why) != 0)
-                return -1;
-            continue;
-        }
-        enum env_key k = K__COUNT;
-        for (int i = 0; i < K__COUNT; i++)
-            if (strlen(env_keys[i]) == kl && memcmp(env_keys[i], key, kl) == 0)
-                k = (enum env_key)i;
-        if (k == K__COUNT) {
-            *why = "unknown key";
-            return -1;
-        }
-        if (seen[k]) {
-            *why = "duplicate key";
-            return -1;
-        }
-        seen[k] = 1;
-        if (decode_field(k, &c, e, &nrcpts, why) != 0 || get_eol(&c, why) != 0)
-            return -1;
-    }
-    if (*lineno == 0) {
-        *why = "empty";
-        return -1;
-    }
-    for (int i = 0; i < K__COUNT; i++) {
-        if (!seen[i]) {
-            *missing = env_keys[i];
-            return -1;
-        }
-    }
-    if (e->nrcpts != nrcpts) {
-        *why = "fewer rcpt lines than rcpts";
-        return -1;
-    }
-    if (!ended) {
-        *why = "truncated (no end line)";
-        return -1;
-    }
-    return 0;
-}
-
-int spool_env_decode(const char *buf, size_t len, struct envelope *e, char *err, size_t errlen)
-{
-    envelope_init(e);
-    size_t lineno = 0;
-    const char *why = "invalid", *missing = NULL;
-    if (env_decode(buf, len, e, &lineno, &why, &missing) == 0)
-        return 0;
-    if (err && errlen) {
-        if (missing)
-            snprintf(err, errlen, "envelope: missing field %s", missing);
-        else
-            snprintf(err, errlen, "envelope line %zu: %s", lineno, why);
-    }
-    envelope_free(e);
-    return -1;
-}
 
 /* ---- directories ----------------------------------------------------------- */
 
@@ -611,11 +184,11 @@ struct spool *spool_open(const char *dir, struct errlist *errs)
         return NULL;
     }
     struct spool *s = xcalloc(1, sizeof(*s));
-    pthread_mutex_init(&s->ds.mu, NULL);
-    pthread_cond_init(&s->ds.cv, NULL);
+    gsync_init(&s->ds);
     pthread_mutex_init(&s->rc.mu, NULL);
+    atomic_init(&s->mem_used, 0);
     s->dir = xstrdup(dir);
-    s->tmpfd = s->qfd = s->cfd = -1;
+    s->tmpfd = s->qfd = s->cfd = s->jfd = -1;
     s->dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (s->dfd < 0) {
         errlist_add(errs, dir, 0, "cannot open the spool directory: %s", strerror(errno));
@@ -625,11 +198,20 @@ struct spool *spool_open(const char *dir, struct errlist *errs)
     s->tmpfd = open_sub(s, "tmp", errs);
     s->qfd = s->tmpfd >= 0 ? open_sub(s, "queue", errs) : -1;
     s->cfd = s->qfd >= 0 ? open_sub(s, "corrupt", errs) : -1;
-    if (s->cfd < 0) {
+    s->jfd = s->cfd >= 0 ? open_sub(s, "journal", errs) : -1;
+    if (s->jfd < 0) {
         spool_close(s);
         return NULL;
     }
     clean_tmp(s);
+    char jpath[PATH_MAX];
+    snprintf(jpath, sizeof(jpath), "%s/journal", dir);
+    s->jr = journal_open(s->jfd, jpath, s->qfd, JOURNAL_SEGS_MAX, JOURNAL_SEG_SIZE, errs);
+    if (!s->jr) {
+        spool_close(s);
+        return NULL;
+    }
+    s->use_journal = 1;
     return s;
 }
 
@@ -639,58 +221,27 @@ void spool_close(struct spool *s)
         return;
     for (size_t i = 0; i < s->rc.n; i++) /* only spool_open's tmp/ gives files to the pool */
         recycled_drop(s, s->rc.fds[i], s->rc.names[i]);
-    int fds[] = {s->dfd, s->tmpfd, s->qfd, s->cfd};
+    journal_close(s->jr);
+    int fds[] = {s->dfd, s->tmpfd, s->qfd, s->cfd, s->jfd};
     for (size_t i = 0; i < ARRAY_LEN(fds); i++)
         if (fds[i] >= 0)
             close(fds[i]);
     pthread_mutex_destroy(&s->rc.mu);
-    pthread_mutex_destroy(&s->ds.mu);
-    pthread_cond_destroy(&s->ds.cv);
+    gsync_destroy(&s->ds);
     free(s->dir);
     free(s);
 }
 
-/* Makes every change to queue/ made by this thread so far durable: waits
- * for an fsync of queue/ that started after the call, running it if no
- * other thread is. 0, or -1 with errno if the fsync that covers this
- * thread's change failed. */
+/* Makes every change to queue/ made by this thread so far durable (group
+ * commit: see gsync.h). 0, or -1 with errno. */
 static int queue_dir_sync(struct spool *s)
 {
-    struct dirsync *d = &s->ds;
-    pthread_mutex_lock(&d->mu);
-    uint64_t mine = ++d->changes;
-    int rc = 0;
-    for (;;) {
-        if (d->synced >= mine)
-            break;
-        if (d->failed >= mine) {
-            errno = d->failed_errno;
-            rc = -1;
-            break;
-        }
-        if (d->running) {
-            pthread_cond_wait(&d->cv, &d->mu);
-            continue;
-        }
-        d->running = 1;
-        uint64_t covers = d->changes;
-        pthread_mutex_unlock(&d->mu);
-        int r = fsync(s->qfd);
-        int e = errno;
-        pthread_mutex_lock(&d->mu);
-        d->running = 0;
-        if (r == 0) {
-            if (covers > d->synced)
-                d->synced = covers;
-        } else {
-            if (covers > d->failed)
-                d->failed = covers;
-            d->failed_errno = e ? e : EIO;
-        }
-        pthread_cond_broadcast(&d->cv);
-    }
-    pthread_mutex_unlock(&d->mu);
-    return rc;
+    return gsync_wait(&s->ds, s->qfd, 0);
+}
+
+void spool_use_journal(struct spool *s, int on)
+{
+    s->use_journal = on && s->jr;
 }
 
 const char *spool_dir(const struct spool *s)
@@ -779,6 +330,55 @@ static int queue_file_release(struct spool *s, const char *id, int *fd, char nam
 
 /* ---- writer ------------------------------------------------------------------ */
 
+/* Takes n bytes of the in-memory budget: 1, or 0 when it is spent. */
+static int mem_take(struct spool *s, size_t n)
+{
+    size_t cur = atomic_load(&s->mem_used);
+    do {
+        if (cur + n > JOURNAL_MEM_MAX)
+            return 0;
+    } while (!atomic_compare_exchange_weak(&s->mem_used, &cur, cur + n));
+    return 1;
+}
+
+static void mem_release(struct spool_writer *w)
+{
+    if (w->mem)
+        atomic_fetch_sub(&w->s->mem_used, w->mem);
+    w->mem = 0;
+}
+
+/* Gives the writer its file: a recycled one or tmp/ID. */
+static int writer_open_file(struct spool_writer *w)
+{
+    w->fd = recycled_take(w->s, w->tmpname);
+    w->recycled = w->fd >= 0;
+    if (w->fd < 0) {
+        memcpy(w->tmpname, w->id, QID_LEN + 1);
+        w->fd = openat(w->s->tmpfd, w->id, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (w->fd < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* An in-memory message becomes a file (too big for the journal, or the
+ * memory budget is spent): what is buffered is written to it. */
+static int writer_to_file(struct spool_writer *w)
+{
+    if (writer_open_file(w) != 0)
+        return -1;
+    if (write_all(w->fd, w->buf, w->blen) != 0)
+        return -1;
+    w->blen = 0;
+    mem_release(w);
+    if (w->bcap != WBUF_SIZE) {
+        w->buf = xrealloc(w->buf, WBUF_SIZE);
+        w->bcap = WBUF_SIZE;
+    }
+    return 0;
+}
+
 struct spool_writer *spool_writer_new(struct spool *s, const char *id)
 {
     if (!qid_valid(id)) {
@@ -786,41 +386,72 @@ struct spool_writer *spool_writer_new(struct spool *s, const char *id)
         return NULL;
     }
     struct spool_writer *w = xcalloc(1, sizeof(*w));
-    w->fd = recycled_take(s, w->tmpname);
-    w->recycled = w->fd >= 0;
-    if (w->fd < 0) {
-        memcpy(w->tmpname, id, QID_LEN + 1);
-        w->fd = openat(s->tmpfd, id, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (w->fd < 0) {
+    w->s = s;
+    memcpy(w->id, id, QID_LEN + 1);
+    w->fd = -1;
+    if (s->use_journal && mem_take(s, MEMBUF_INITIAL)) {
+        w->mem = w->bcap = MEMBUF_INITIAL;
+    } else {
+        if (writer_open_file(w) != 0) {
             free(w);
             return NULL;
         }
+        w->bcap = WBUF_SIZE;
     }
-    w->s = s;
-    memcpy(w->id, id, QID_LEN + 1);
-    w->buf = xmalloc(WBUF_SIZE);
+    w->buf = xmalloc(w->bcap);
     return w;
 }
 
 static void writer_flush(struct spool_writer *w)
 {
-    if (w->err || w->blen == 0)
+    if (w->err || w->blen == 0 || w->fd < 0)
         return;
     if (write_all(w->fd, w->buf, w->blen) != 0)
         w->err = errno ? errno : EIO;
     w->blen = 0;
 }
 
+/* In memory: grows the buffer within the journal's limits, or moves the
+ * message to a file. 0, or -1 (w->err set). */
+static int writer_room(struct spool_writer *w, size_t n)
+{
+    if (w->blen + n <= w->bcap)
+        return 0;
+    size_t want = w->bcap;
+    while (want < w->blen + n)
+        want *= 2;
+    if (w->blen + n <= JOURNAL_PAYLOAD_MAX && mem_take(w->s, want - w->bcap)) {
+        w->mem += want - w->bcap;
+        w->buf = xrealloc(w->buf, want);
+        w->bcap = want;
+        return 0;
+    }
+    if (writer_to_file(w) != 0) {
+        w->err = errno ? errno : EIO;
+        return -1;
+    }
+    return 0;
+}
+
 static void writer_put(struct spool_writer *w, const void *buf, size_t n)
 {
     if (w->err)
         return;
-    if (w->blen + n > WBUF_SIZE) {
+    if (w->fd < 0) {
+        if (writer_room(w, n) != 0)
+            return;
+        if (w->fd < 0) {
+            memcpy(w->buf + w->blen, buf, n);
+            w->blen += n;
+            return;
+        }
+    }
+    if (w->blen + n > w->bcap) {
         writer_flush(w);
         if (w->err)
             return;
     }
-    if (n >= WBUF_SIZE) {
+    if (n >= w->bcap) {
         if (write_all(w->fd, buf, n) != 0)
             w->err = errno ? errno : EIO;
         return;
@@ -852,6 +483,7 @@ static void writer_free(struct spool_writer *w)
 {
     if (w->fd >= 0)
         close(w->fd);
+    mem_release(w);
     free(w->buf);
     free(w);
 }
@@ -860,9 +492,11 @@ void spool_writer_abort(struct spool_writer *w)
 {
     if (!w)
         return;
-    close(w->fd);
-    w->fd = -1;
-    unlinkat(w->s->tmpfd, w->tmpname, 0);
+    if (w->fd >= 0) {
+        close(w->fd);
+        w->fd = -1;
+        unlinkat(w->s->tmpfd, w->tmpname, 0);
+    }
     writer_free(w);
 }
 
@@ -893,9 +527,24 @@ int spool_commit(struct spool_writer *w, const struct envelope *e)
     sha256_hex(t.s, t.len, sum);
     snprintf(footer, sizeof(footer), FOOTER_MAGIC "%d %016llx %016llx %s\n", FOOTER_VERSION,
              (unsigned long long)w->size, (unsigned long long)t.len, sum);
+    off_t total = (off_t)(w->size + t.len + FOOTER_LEN);
+    if (w->fd < 0 && !w->err && (uint64_t)total <= JOURNAL_PAYLOAD_MAX) {
+        struct iovec iov[3] = {{.iov_base = w->buf, .iov_len = w->blen},
+                               {.iov_base = t.s, .iov_len = t.len},
+                               {.iov_base = footer, .iov_len = FOOTER_LEN}};
+        int rc = journal_append(s->jr, w->id, iov, 3);
+        if (rc != -2) {
+            int jerr = errno;
+            sb_free(&t);
+            writer_free(w);
+            errno = rc == 0 ? 0 : jerr;
+            return rc == 0 ? 0 : -1;
+        }
+    }
+    if (w->fd < 0 && !w->err && writer_to_file(w) != 0)
+        w->err = errno ? errno : EIO;
     writer_put(w, t.s, t.len);
     writer_put(w, footer, FOOTER_LEN);
-    off_t total = (off_t)(w->size + t.len + FOOTER_LEN);
     sb_free(&t);
     writer_flush(w);
     int err = w->err;
@@ -904,13 +553,14 @@ int spool_commit(struct spool_writer *w, const struct envelope *e)
         err = errno;
     if (!err && fsync(w->fd) != 0)
         err = errno;
-    if (close(w->fd) != 0 && !err)
+    if (w->fd >= 0 && close(w->fd) != 0 && !err)
         err = errno;
     w->fd = -1;
     if (!err && rename_noreplace(s->tmpfd, w->tmpname, s->qfd, w->id) != 0)
         err = errno;
     if (err) {
-        unlinkat(s->tmpfd, w->tmpname, 0);
+        if (w->tmpname[0])
+            unlinkat(s->tmpfd, w->tmpname, 0);
     } else if (queue_dir_sync(s) != 0) {
         err = errno;
         /* not durable: the client is told 451 and sends again, so this
@@ -962,7 +612,7 @@ static void set_reply(struct spool_msg *m, size_t idx, char *text)
 
 /* Parses the fields after "KIND " of a checksummed record and applies it.
  * 1 = applied, -1 = invalid content. */
-static int st_apply_kind(struct spool_msg *m, enum st_kind kind, struct cur *c)
+static int st_apply_kind(struct spool_msg *m, enum st_kind kind, struct spool_cur *c)
 {
     const char *why = NULL;
     uint64_t idx = 0, attempts = 0;
@@ -970,15 +620,15 @@ static int st_apply_kind(struct spool_msg *m, enum st_kind kind, struct cur *c)
     char *text = NULL;
     unsigned what = 0;
     int per_rcpt = kind != ST_HOLD && kind != ST_RELEASE;
-    if (per_rcpt && (get_u64(c, UINT64_MAX, &idx, &why) != 0 || get_sp(c, &why) != 0))
+    if (per_rcpt && (spool_get_u64(c, UINT64_MAX, &idx, &why) != 0 || spool_get_sp(c, &why) != 0))
         return -1;
-    if (get_i64(c, &when, &why) != 0)
+    if (spool_get_i64(c, &when, &why) != 0)
         return -1;
-    if (kind == ST_RETRY && (get_sp(c, &why) != 0 || get_i64(c, &next, &why) != 0 || get_sp(c, &why) != 0 ||
-                             get_u64(c, UINT_MAX, &attempts, &why) != 0))
+    if (kind == ST_RETRY && (spool_get_sp(c, &why) != 0 || spool_get_i64(c, &next, &why) != 0 || spool_get_sp(c, &why) != 0 ||
+                             spool_get_u64(c, UINT_MAX, &attempts, &why) != 0))
         return -1;
     if (kind == ST_REPORTED) {
-        if (get_sp(c, &why) != 0)
+        if (spool_get_sp(c, &why) != 0)
             return -1;
         for (size_t i = 0; i < ARRAY_LEN(reported_names) && !what; i++) {
             size_t l = strlen(reported_names[i]);
@@ -991,9 +641,9 @@ static int st_apply_kind(struct spool_msg *m, enum st_kind kind, struct cur *c)
             return -1;
     }
     if ((kind == ST_FAILED || kind == ST_RETRY || kind == ST_HOLD || kind == ST_REPORTED) &&
-        (get_sp(c, &why) != 0 || get_str(c, &text, &why) != 0))
+        (spool_get_sp(c, &why) != 0 || spool_get_str(c, &text, &why) != 0))
         return -1;
-    if (get_eol(c, &why) != 0 || (per_rcpt && idx >= m->env.nrcpts) ||
+    if (spool_get_eol(c, &why) != 0 || (per_rcpt && idx >= m->env.nrcpts) ||
         (kind == ST_REPORTED && text && !qid_valid(text))) {
         free(text);
         return -1;
@@ -1043,14 +693,14 @@ static int st_apply(struct spool_msg *m, const char *line, size_t len)
         return 0;
     uint32_t want = 0;
     for (size_t i = len - 8; i < len; i++) {
-        int h = hexval((unsigned char)line[i]);
+        int h = spool_hexval((unsigned char)line[i]);
         if (h < 0 || (line[i] >= 'A' && line[i] <= 'F'))
             return 0;
         want = want << 4 | (uint32_t)h;
     }
     if (crc32_buf(line, len - 9) != want)
         return 0;
-    struct cur c = {line, line + len - 9};
+    struct spool_cur c = {line, line + len - 9};
     for (int k = 0; k < ST__COUNT; k++) {
         size_t kl = strlen(st_names[k]);
         if ((size_t)(c.end - c.p) > kl && memcmp(c.p, st_names[k], kl) == 0 && c.p[kl] == ' ') {
@@ -1117,6 +767,67 @@ out:
     return rc;
 }
 
+/* ---- moving messages out of the journal ---------------------------------- */
+
+/* Copies the stored bytes of a journal record (len bytes at off of fd)
+ * into a new file named dst in directory dstfd, durably (tmp/ID, fsync,
+ * rename, directory fsync). 0, or -1 with errno. */
+static int journal_copy_out(struct spool *s, const char *id, int fd, uint64_t off, uint64_t len, int dstfd,
+                            const char *dst)
+{
+    int out = openat(s->tmpfd, id, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (out < 0)
+        return -1;
+    char *buf = xmalloc(WBUF_SIZE);
+    int rc = 0;
+    for (uint64_t k = 0; rc == 0 && k < len; k += WBUF_SIZE) {
+        size_t n = len - k < WBUF_SIZE ? (size_t)(len - k) : WBUF_SIZE;
+        rc = pread_full(fd, buf, n, (off_t)(off + k)) != 0 || write_all(out, buf, n) != 0 ? -1 : 0;
+    }
+    free(buf);
+    if (rc == 0 && fsync(out) != 0)
+        rc = -1;
+    int e = errno;
+    if (close(out) != 0 && rc == 0) {
+        rc = -1;
+        e = errno;
+    }
+    if (rc == 0 && rename_noreplace(s->tmpfd, id, dstfd, dst) != 0) {
+        rc = -1;
+        e = errno;
+    }
+    if (rc != 0) {
+        unlinkat(s->tmpfd, id, 0);
+        errno = e;
+        return -1;
+    }
+    if ((dstfd == s->qfd ? queue_dir_sync(s) : fsync(dstfd)) != 0) {
+        e = errno;
+        unlinkat(dstfd, dst, 0);
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
+/* The message needs a status log: it moves from the journal into
+ * queue/ID first (its reads keep using the journal's copy until closed;
+ * the record stays pinned until then). */
+static int msg_spill(struct spool *s, struct msg_priv *p)
+{
+    if (journal_copy_out(s, p->id, p->jr.fd, p->jr.off, p->jr.len, s->qfd, p->id) != 0)
+        return -1;
+    p->spilled = 1;
+    char q[LOGQ_MAX];
+    /* a crash before this is durable leaves both copies: the recovery
+     * keeps queue/ID and resolves the record */
+    if (journal_done(s->jr, p->id) != 0 && errno != ENOENT)
+        logkv(LOG_LVL_WARN, NULL, "journal.resolve_failed", "id=%s error=%s", p->id,
+              log_q(q, sizeof(q), strerror(errno)));
+    logkv(LOG_LVL_DEBUG, NULL, "journal.moved_out", "id=%s", p->id);
+    return 0;
+}
+
 /* Appends "payload CRC\n" to out. */
 static void st_line(struct strbuf *out, const char *payload, size_t n)
 {
@@ -1132,6 +843,8 @@ static int st_write(struct spool *s, struct msg_priv *p, const char *buf, size_t
         errno = EROFS;
         return -1;
     }
+    if (p->jr.seg && !p->spilled && msg_spill(s, p) != 0)
+        return -1;
     if (p->stfd < 0) {
         char name[QID_LEN + 4];
         snprintf(name, sizeof(name), "%s.st", p->id);
@@ -1169,7 +882,7 @@ static char *put_text(struct strbuf *b, const char *text)
         text = cut;
     }
     sb_puts(b, " ");
-    put_str(b, text);
+    spool_put_str(b, text);
     return text ? xstrdup(text) : NULL;
 }
 
@@ -1267,7 +980,7 @@ int spool_mark_reported(struct spool *s, struct spool_msg *m, const size_t *rcpt
         }
         sb_reset(&rec);
         sb_printf(&rec, "reported %zu %lld %s ", rcpts[i], now, reported_names[which]);
-        put_str(&rec, dsn_id);
+        spool_put_str(&rec, dsn_id);
         st_line(&lines, rec.s, rec.len);
     }
     int rc = n ? st_write(s, (struct msg_priv *)m, lines.s, lines.len) : 0;
@@ -1312,7 +1025,7 @@ static int parse_hex16(const char *s, uint64_t *out)
 {
     uint64_t v = 0;
     for (int i = 0; i < 16; i++) {
-        int h = hexval((unsigned char)s[i]);
+        int h = spool_hexval((unsigned char)s[i]);
         if (h < 0 || (s[i] >= 'A' && s[i] <= 'F'))
             return -1;
         v = v << 4 | (uint64_t)h;
@@ -1321,16 +1034,15 @@ static int parse_hex16(const char *s, uint64_t *out)
     return 0;
 }
 
-/* Checks the footer and reads + verifies + decodes the trailer. */
-static int read_trailer(int fd, struct envelope *env, char *err, size_t errlen)
+/* Checks the footer and reads + verifies + decodes the trailer of the
+ * stored message at [base, base + size) of fd (a queue file: base 0 and
+ * the file's size; a journal record: its payload). */
+static int read_trailer(int fd, uint64_t base, uint64_t size, struct envelope *env, char *err, size_t errlen)
 {
-    struct stat st;
-    if (fstat(fd, &st) != 0)
-        return fail(err, errlen, errno, "stat: %s", strerror(errno));
-    if (!S_ISREG(st.st_mode) || st.st_size < FOOTER_LEN)
+    if (size < FOOTER_LEN)
         return fail(err, errlen, EBADMSG, "not a spool file (too short)");
     char f[FOOTER_LEN + 1];
-    if (pread_full(fd, f, FOOTER_LEN, st.st_size - FOOTER_LEN) != 0)
+    if (pread_full(fd, f, FOOTER_LEN, (off_t)(base + size - FOOTER_LEN)) != 0)
         return fail(err, errlen, errno, "footer: %s", strerror(errno));
     f[FOOTER_LEN] = '\0';
     size_t ml = strlen(FOOTER_MAGIC);
@@ -1342,11 +1054,10 @@ static int read_trailer(int fd, struct envelope *env, char *err, size_t errlen)
     if (parse_hex16(f + ml + 2, &off) != 0 || f[ml + 18] != ' ' || parse_hex16(f + ml + 19, &tlen) != 0 ||
         f[ml + 35] != ' ' || f[FOOTER_LEN - 1] != '\n')
         return fail(err, errlen, EBADMSG, "bad spool footer");
-    if (tlen > TRAILER_MAX || off > (uint64_t)st.st_size || tlen > (uint64_t)st.st_size - off ||
-        off + tlen + FOOTER_LEN != (uint64_t)st.st_size)
+    if (tlen > TRAILER_MAX || off > size || tlen > size - off || off + tlen + FOOTER_LEN != size)
         return fail(err, errlen, EBADMSG, "spool footer does not match the file size");
     char *t = xmalloc(tlen + 1);
-    if (pread_full(fd, t, tlen, (off_t)off) != 0) {
+    if (pread_full(fd, t, tlen, (off_t)(base + off)) != 0) {
         int e = errno;
         free(t);
         return fail(err, errlen, e, "trailer: %s", strerror(e));
@@ -1388,17 +1099,37 @@ static int msg_open(struct spool *s, const char *id, int ro, struct spool_msg **
     memcpy(p->id, id, QID_LEN + 1);
     p->stfd = -1;
     p->ro = ro;
-    m->fd = openat(s->qfd, id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (m->fd < 0) {
-        int e = errno;
-        snprintf(err, errlen, "open: %s", strerror(e));
-        free(p);
-        errno = e;
-        return -1;
+    p->s = s;
+    uint64_t size = 0;
+    if (s->jr && journal_get(s->jr, id, &p->jr) == 0) {
+        m->fd = p->jr.fd;
+        p->base = p->jr.off;
+        size = p->jr.len;
+    } else {
+        struct stat st;
+        m->fd = openat(s->qfd, id, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (m->fd < 0 || fstat(m->fd, &st) != 0) {
+            int e = errno;
+            snprintf(err, errlen, "open: %s", strerror(e));
+            if (m->fd >= 0)
+                close(m->fd);
+            free(p);
+            errno = e;
+            return -1;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            close(m->fd);
+            free(p);
+            return fail(err, errlen, EBADMSG, "not a spool file (not a regular file)");
+        }
+        size = (uint64_t)st.st_size;
     }
-    if (read_trailer(m->fd, &m->env, err, errlen) != 0) {
+    if (read_trailer(m->fd, p->base, size, &m->env, err, errlen) != 0) {
         int e = errno;
-        close(m->fd);
+        if (p->jr.seg)
+            journal_put(s->jr, &p->jr);
+        else
+            close(m->fd);
         free(p);
         errno = e;
         return -1;
@@ -1418,8 +1149,9 @@ static int msg_open(struct spool *s, const char *id, int ro, struct spool_msg **
     }
     char name[QID_LEN + 4];
     snprintf(name, sizeof(name), "%s.st", id);
-    p->stfd = openat(s->qfd, name, (ro ? O_RDONLY : O_RDWR | O_APPEND) | O_CLOEXEC | O_NOFOLLOW);
-    if (p->stfd < 0 && errno != ENOENT) {
+    /* a message in the journal has no status log (the first record moves it out) */
+    p->stfd = p->jr.seg ? -1 : openat(s->qfd, name, (ro ? O_RDONLY : O_RDWR | O_APPEND) | O_CLOEXEC | O_NOFOLLOW);
+    if (p->stfd < 0 && !p->jr.seg && errno != ENOENT) {
         int e = errno;
         snprintf(err, errlen, "status log: %s", strerror(e));
         spool_msg_close(m);
@@ -1455,7 +1187,9 @@ void spool_msg_close(struct spool_msg *m)
     if (!m)
         return;
     struct msg_priv *p = (struct msg_priv *)m;
-    if (m->fd >= 0)
+    if (p->jr.seg)
+        journal_put(p->s->jr, &p->jr);
+    else if (m->fd >= 0)
         close(m->fd);
     if (p->stfd >= 0)
         close(p->stfd);
@@ -1480,8 +1214,9 @@ ssize_t spool_msg_pread(struct spool_msg *m, void *buf, size_t n, uint64_t off)
         n = (size_t)(m->env.size - off);
     if (n > SSIZE_MAX)
         n = SSIZE_MAX;
+    uint64_t base = ((struct msg_priv *)m)->base;
     for (;;) {
-        ssize_t r = pread(m->fd, buf, n, (off_t)off);
+        ssize_t r = pread(m->fd, buf, n, (off_t)(base + off));
         if (r < 0 && errno == EINTR)
             continue;
         return r;
@@ -1496,6 +1231,10 @@ int spool_remove(struct spool *s, const char *id)
         errno = EINVAL;
         return -1;
     }
+    if (s->jr && journal_done(s->jr, id) == 0)
+        return 0;
+    if (s->jr && errno != ENOENT)
+        return -1;
     char name[QID_LEN + 4], freename[TMPNAME_LEN];
     int fd;
     snprintf(name, sizeof(name), "%s.st", id);
@@ -1526,6 +1265,20 @@ int spool_quarantine(struct spool *s, const char *id)
     char dst[64], st[QID_LEN + 4], dstst[80];
     snprintf(dst, sizeof(dst), "%s", id);
     snprintf(st, sizeof(st), "%s.st", id);
+    struct jread jr;
+    if (s->jr && journal_get(s->jr, id, &jr) == 0) { /* a record that does not decode: its bytes go to corrupt/ */
+        if (faccessat(s->cfd, dst, F_OK, AT_SYMLINK_NOFOLLOW) == 0)
+            snprintf(dst, sizeof(dst), "%s.%llu", id, (unsigned long long)wall_us());
+        int rc = journal_copy_out(s, id, jr.fd, jr.off, jr.len, s->cfd, dst);
+        int e = errno;
+        journal_put(s->jr, &jr);
+        if (rc == 0 && journal_done(s->jr, id) != 0)
+            e = errno;
+        else if (rc == 0)
+            e = 0;
+        errno = e;
+        return e ? -1 : 0;
+    }
     int rc = rename_noreplace(s->qfd, id, s->cfd, dst);
     if (rc != 0 && errno == EEXIST) {
         snprintf(dst, sizeof(dst), "%s.%llu", id, (unsigned long long)wall_us());
@@ -1544,6 +1297,21 @@ int spool_quarantine(struct spool *s, const char *id)
     return e ? -1 : 0;
 }
 
+struct idlist {
+    char (*ids)[QID_LEN + 1];
+    size_t n, cap;
+};
+
+static void idlist_add(void *arg, const char *id)
+{
+    struct idlist *l = arg;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 64;
+        l->ids = xrealloc(l->ids, l->cap * sizeof(*l->ids));
+    }
+    memcpy(l->ids[l->n++], id, QID_LEN + 1);
+}
+
 static int cmp_id(const void *a, const void *b)
 {
     return strcmp((const char *)a, (const char *)b);
@@ -1560,8 +1328,7 @@ int spool_scan(struct spool *s, void (*cb)(void *arg, const char *id), void *arg
         errno = e;
         return -1;
     }
-    char (*ids)[QID_LEN + 1] = NULL;
-    size_t n = 0, cap = 0;
+    struct idlist all = {.ids = NULL};
     struct dirent *de;
     char q[LOGQ_MAX];
     while ((de = readdir(d)) != NULL) {
@@ -1586,17 +1353,16 @@ int spool_scan(struct spool *s, void (*cb)(void *arg, const char *id), void *arg
                   log_q(q, sizeof(q), name));
             continue;
         }
-        if (n == cap) {
-            cap = cap ? 2 * cap : 64;
-            ids = xrealloc(ids, cap * sizeof(*ids));
-        }
-        memcpy(ids[n++], name, QID_LEN + 1);
+        idlist_add(&all, name);
     }
     closedir(d);
-    if (n)
-        qsort(ids, n, sizeof(*ids), cmp_id);
-    for (size_t i = 0; i < n; i++)
-        cb(arg, ids[i]);
-    free(ids);
+    if (s->jr)
+        journal_ids(s->jr, idlist_add, &all);
+    if (all.n)
+        qsort(all.ids, all.n, sizeof(*all.ids), cmp_id);
+    for (size_t i = 0; i < all.n; i++)
+        if (i == 0 || strcmp(all.ids[i], all.ids[i - 1]) != 0) /* in queue/ and the journal while moving out */
+            cb(arg, all.ids[i]);
+    free(all.ids);
     return 0;
 }

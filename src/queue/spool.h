@@ -8,8 +8,11 @@
  *   queue/ID.st the per-recipient delivery log (append only, fsynced)
  *   corrupt/    files that failed to decode are moved here, never deleted
  *
- * Commit = fsync(file) + rename(tmp/ID -> queue/ID) + fsync(queue/). Only
- * after spool_commit() returns 0 may the server answer 250.
+ *   journal/    segments holding small committed messages (journal.h)
+ *
+ * Commit = fsync(file) + rename(tmp/ID -> queue/ID) + fsync(queue/), or
+ * for a small message one journal record made durable by a shared
+ * fdatasync. Only after spool_commit() returns 0 may the server answer 250.
  *
  * The envelope codec (spool_env_encode/decode) is pure and unit-tested.
  * Writers and readers are used from one thread at a time each; commit,
@@ -66,18 +69,27 @@ struct spool *spool_open(const char *dir, struct errlist *errs);
 void spool_close(struct spool *s);
 const char *spool_dir(const struct spool *s);
 
+/* Small messages (message, trailer and footer up to 256 KiB) are committed
+ * into the journal (journal/, see docs/spool-format.md) instead of a file
+ * of their own; on by default. Off: every message gets a queue file (for
+ * tests of the file path). */
+void spool_use_journal(struct spool *s, int on);
+
 /* ---- writing (one per transaction) ---- */
 struct spool_writer;
-/* Opens tmp/ID with O_CREAT|O_EXCL, 0600, or reuses a recycled file of a
- * removed message. NULL on error (errno set). */
+/* Starts a message: held in memory while it may go to the journal, else
+ * (or once it grows past that) in tmp/ID, opened with O_CREAT|O_EXCL,
+ * 0600, or in a recycled file of a removed message. NULL on error (errno
+ * set). */
 struct spool_writer *spool_writer_new(struct spool *s, const char *id);
 /* Appends message bytes (buffered). A failure is sticky: later writes are
  * ignored and spool_writer_failed() returns the errno. */
 void spool_writer_write(struct spool_writer *w, const void *buf, size_t n);
 int spool_writer_failed(const struct spool_writer *w);
 uint64_t spool_writer_size(const struct spool_writer *w);
-/* Writes the trailer and footer, fsyncs, renames into queue/, fsyncs the
- * directory. Blocking: call from a job thread. 0 on success; -1 (errno)
+/* Writes the trailer and footer, then appends the whole to the journal,
+ * or fsyncs the file, renames it into queue/ and fsyncs the directory.
+ * Blocking: call from a job thread. 0 on success; -1 (errno)
  * and the tmp file removed on failure. The writer is freed either way. */
 int spool_commit(struct spool_writer *w, const struct envelope *e);
 /* Drops an unfinished message: closes and unlinks tmp/ID, frees w. */
@@ -115,7 +127,8 @@ int spool_msg_peek(struct spool *s, const char *id, struct spool_msg **out, char
 /* Reads message bytes [off, off+n) of the stored content (not the prepend). */
 ssize_t spool_msg_pread(struct spool_msg *m, void *buf, size_t n, uint64_t off);
 
-/* Appends one record to queue/ID.st and fsyncs it; updates m's arrays.
+/* Appends one record to queue/ID.st and fsyncs it; updates m's arrays. A
+ * message still in the journal is first moved into queue/ID.
  *   spool_mark_done:   the recipient was delivered (or handed on)
  *   spool_mark_failed: permanent failure (text: the reply, for DSNs)
  *   spool_mark_retry:  temporary failure; next attempt at unix time `next` */
@@ -133,7 +146,8 @@ int spool_mark_reported(struct spool *s, struct spool_msg *m, const size_t *rcpt
                         const char *dsn_id);
 /* 1 when no recipient is pending. */
 int spool_msg_complete(const struct spool_msg *m);
-/* Removes queue/ID and queue/ID.st (message first). */
+/* Removes queue/ID and queue/ID.st (message first), or resolves the
+ * journal record of ID. */
 int spool_remove(struct spool *s, const char *id);
 /* Moves queue/ID (and .st) to corrupt/. */
 int spool_quarantine(struct spool *s, const char *id);

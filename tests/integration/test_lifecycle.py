@@ -38,11 +38,20 @@ def test_restart_recovery(make_daemon, how):
     else:
         d.kill9()
     assert d.mail_files() == []
-    assert len([n for n in d.spool_files("queue") if not n.endswith(".st")]) == 3, \
-        d.spool_files("queue")
+    files = [n for n in d.spool_files("queue") if not n.endswith(".st")]
+    if how == "sigterm":
+        # each failed attempt moved its message out of the journal into queue/
+        assert len(files) == 3, d.spool_files("queue")
+    else:
+        # killed at once: a message whose first attempt had not failed yet
+        # is still in the journal (docs/spool-format.md), recovered at start
+        assert len(files) <= 3, d.spool_files("queue")
     d.transport_path = str(d.maildir)
     d.write_config()
+    mark = d.log_size()
     d.start()
+    if len(files) < 3:
+        d.wait_log(rf"event=journal.recovered messages={3 - len(files)} ", since=mark)
     for rcpt, msg, qid in sent:
         files = d.wait_mail(1, rcpt, timeout=20)
         assert len(files) == 1, rcpt

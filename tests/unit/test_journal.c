@@ -1,0 +1,515 @@
+/* Unit tests for the spool's journal (queue/journal.c) through the spool
+ * API and directly: small messages committed into journal/ and read,
+ * removed and recovered from it after a restart; torn records ignored;
+ * a message that needs a status log moved into queue/; large messages
+ * and a spent journal falling back to files (concurrent commits through
+ * the journal: test_spool.c's test_concurrent_commits); segment
+ * rotation and reuse under new generations (stale records never come
+ * back); and records resolved at recovery when queue/ already has them. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/util.h"
+#include "queue/journal.h"
+#include "queue/spool.h"
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static char *make_tmpdir(void)
+{
+    char t[] = "/tmp/test_journal.XXXXXX";
+    assert_non_null(mkdtemp(t));
+    return xstrdup(t);
+}
+
+static void rm_rf(const char *path)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Regular files in dir/sub. */
+static int count_in(const char *dir, const char *sub)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", dir, sub);
+    DIR *d = opendir(p);
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static struct spool *open_spool(const char *dir)
+{
+    struct errlist errs;
+    errlist_init(&errs);
+    struct spool *s = spool_open(dir, &errs);
+    assert_int_equal(errs.n, 0);
+    assert_non_null(s);
+    errlist_free(&errs);
+    return s;
+}
+
+static void commit_body(struct spool *s, char id[QID_LEN + 1], const char *body, size_t n)
+{
+    struct envelope e;
+    envelope_init(&e);
+    e.mail_from = xstrdup("alice@example.test");
+    e.client_ip = xstrdup("127.0.0.1");
+    e.helo = xstrdup("client.test");
+    e.listener = xstrdup("submission");
+    e.received = 1700000000;
+    envelope_add_rcpt(&e, "bob@dest.test", 0, NULL);
+    qid_new(id);
+    memcpy(e.id, id, QID_LEN + 1);
+    struct spool_writer *w = spool_writer_new(s, id);
+    assert_non_null(w);
+    spool_writer_write(w, body, n);
+    e.size = spool_writer_size(w);
+    assert_int_equal(spool_commit(w, &e), 0);
+    envelope_free(&e);
+}
+
+static void commit_msg(struct spool *s, char id[QID_LEN + 1], const char *body)
+{
+    commit_body(s, id, body, strlen(body));
+}
+
+/* The stored bytes of id must be exactly want. */
+static void assert_content(struct spool *s, const char *id, const char *want, size_t n)
+{
+    struct spool_msg *m;
+    char err[128] = "";
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    assert_string_equal(m->env.id, id);
+    assert_string_equal(m->env.mail_from, "alice@example.test");
+    assert_int_equal(m->env.size, (uint64_t)n);
+    char *got = xmalloc(n + 16);
+    assert_int_equal(spool_msg_pread(m, got, n + 16, 0), (ssize_t)n);
+    assert_memory_equal(got, want, n);
+    free(got);
+    spool_msg_close(m);
+}
+
+struct ids {
+    size_t n;
+    char v[64][QID_LEN + 1];
+};
+
+static void collect(void *arg, const char *id)
+{
+    struct ids *ids = arg;
+    assert_true(ids->n < 64);
+    memcpy(ids->v[ids->n++], id, QID_LEN + 1);
+}
+
+static struct ids scan(struct spool *s)
+{
+    struct ids ids = {.n = 0};
+    assert_int_equal(spool_scan(s, collect, &ids), 0);
+    return ids;
+}
+
+/* Where needle first occurs in a journal segment of dir: fills seg (its
+ * path) and returns the offset, or -1. */
+static long find_in_segments(const char *dir, const char *needle, char seg[512])
+{
+    size_t nl = strlen(needle);
+    for (int k = 0; k < 4; k++) {
+        snprintf(seg, 512, "%s/journal/seg.%04d", dir, k);
+        FILE *f = fopen(seg, "rb");
+        if (!f)
+            continue;
+        size_t cap = 1 << 20;
+        char *buf = xmalloc(cap);
+        size_t len = fread(buf, 1, cap, f);
+        fclose(f);
+        for (size_t i = 0; i + nl <= len; i++)
+            if (memcmp(buf + i, needle, nl) == 0) {
+                free(buf);
+                return (long)i;
+            }
+        free(buf);
+    }
+    return -1;
+}
+
+/* Overwrites the byte at the first occurrence of needle. */
+static void damage(const char *dir, const char *needle)
+{
+    char seg[512];
+    long off = find_in_segments(dir, needle, seg);
+    assert_true(off > 4096);
+    int fd = open(seg, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, "X", 1, off), 1);
+    close(fd);
+}
+
+/* ---- through the spool ---------------------------------------------------------- */
+
+static void test_commit_read_remove_restart(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    char a[QID_LEN + 1], b[QID_LEN + 1], c[QID_LEN + 1];
+    const char *ba = "Subject: a\r\n\r\nfirst\r\n", *bb = "Subject: b\r\n\r\nsecond\r\n";
+    commit_msg(s, a, ba);
+    commit_msg(s, b, bb);
+    commit_msg(s, c, "Subject: c\r\n\r\nthird\r\n");
+    /* nothing in queue/ or tmp/: the messages are in one journal segment */
+    assert_int_equal(count_in(dir, "queue"), 0);
+    assert_int_equal(count_in(dir, "tmp"), 0);
+    assert_in_range(count_in(dir, "journal"), 1, 2); /* a segment per append lane in use */
+    assert_content(s, a, ba, strlen(ba));
+    struct ids ids = scan(s);
+    assert_int_equal(ids.n, 3);
+    assert_int_equal(spool_remove(s, c), 0);
+    assert_int_equal(spool_remove(s, c), -1); /* gone from the journal and queue/ */
+    assert_int_equal(errno, ENOENT);
+    struct spool_msg *m;
+    assert_int_equal(spool_msg_open(s, c, &m, NULL, 0), -1);
+    assert_int_equal(errno, ENOENT);
+    spool_close(s);
+
+    /* a restart finds exactly the two live ones, byte for byte */
+    s = open_spool(dir);
+    ids = scan(s);
+    assert_int_equal(ids.n, 2);
+    char first[QID_LEN + 1], second[QID_LEN + 1];
+    memcpy(first, strcmp(a, b) < 0 ? a : b, QID_LEN + 1);
+    memcpy(second, strcmp(a, b) < 0 ? b : a, QID_LEN + 1);
+    assert_string_equal(ids.v[0], first);
+    assert_string_equal(ids.v[1], second);
+    assert_content(s, a, ba, strlen(ba));
+    assert_content(s, b, bb, strlen(bb));
+    assert_int_equal(spool_remove(s, a), 0);
+    assert_int_equal(spool_remove(s, b), 0);
+    spool_close(s);
+    s = open_spool(dir);
+    assert_int_equal(scan(s).n, 0);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* A record whose bytes do not match its checksum (a write torn by a
+ * crash: never acknowledged) ends the segment at recovery. */
+static void test_torn_record(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    char a[QID_LEN + 1], b[QID_LEN + 1];
+    commit_msg(s, a, "Subject: a\r\n\r\nALPHA-BODY\r\n");
+    commit_msg(s, b, "Subject: b\r\n\r\nBRAVO-BODY\r\n");
+    spool_close(s);
+    damage(dir, "BRAVO-BODY");
+    s = open_spool(dir);
+    struct ids ids = scan(s);
+    assert_int_equal(ids.n, 1);
+    assert_string_equal(ids.v[0], a);
+    spool_close(s);
+    /* the same damage to the first record hides it too */
+    damage(dir, "ALPHA-BODY");
+    s = open_spool(dir);
+    assert_int_equal(scan(s).n, 0);
+    /* and new commits go on working (a fresh generation) */
+    char c[QID_LEN + 1];
+    commit_msg(s, c, "Subject: c\r\n\r\nc\r\n");
+    spool_close(s);
+    s = open_spool(dir);
+    struct ids after = scan(s);
+    assert_int_equal(after.n, 1);
+    assert_string_equal(after.v[0], c);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* A status-log record moves the message into queue/ID (+ ID.st); it is
+ * listed once, and a restart reads it from the file. */
+static void test_moved_out_for_status_log(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    char id[QID_LEN + 1];
+    const char *body = "Subject: r\r\n\r\nretry me\r\n";
+    commit_msg(s, id, body);
+    struct spool_msg *m, *peek;
+    assert_int_equal(spool_msg_open(s, id, &m, NULL, 0), 0);
+    assert_int_equal(spool_msg_peek(s, id, &peek, NULL, 0), 0);
+    assert_int_equal(spool_mark_retry(s, peek, 0, 123, "451 later"), -1); /* read-only */
+    assert_int_equal(errno, EROFS);
+    assert_int_equal(count_in(dir, "queue"), 0);
+    assert_int_equal(spool_mark_retry(s, m, 0, 1700000600, "451 4.4.1 try later"), 0);
+    assert_int_equal(count_in(dir, "queue"), 2);
+    char p[512];
+    struct stat st;
+    snprintf(p, sizeof(p), "%s/queue/%s.st", dir, id);
+    assert_int_equal(stat(p, &st), 0);
+    /* both handles still read the message */
+    char got[64];
+    assert_int_equal(spool_msg_pread(m, got, sizeof(got), 0), (ssize_t)strlen(body));
+    assert_int_equal(spool_msg_pread(peek, got, sizeof(got), 0), (ssize_t)strlen(body));
+    spool_msg_close(peek);
+    spool_msg_close(m);
+    struct ids ids = scan(s);
+    assert_int_equal(ids.n, 1);
+    assert_string_equal(ids.v[0], id);
+    spool_close(s);
+    s = open_spool(dir);
+    ids = scan(s);
+    assert_int_equal(ids.n, 1);
+    assert_int_equal(spool_msg_open(s, id, &m, NULL, 0), 0);
+    assert_int_equal(m->attempts[0], 1);
+    assert_int_equal(m->next_try[0], 1700000600);
+    spool_msg_close(m);
+    assert_content(s, id, body, strlen(body));
+    /* the file path removes it now */
+    assert_int_equal(spool_remove(s, id), 0);
+    assert_int_equal(count_in(dir, "queue"), 0);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Messages too big for a record get a queue file; so do all messages
+ * when the journal is off. A corrupt record is quarantined as bytes. */
+static void test_files_when_big_or_off(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir);
+    size_t n = JOURNAL_PAYLOAD_MAX;
+    char *big = xmalloc(n);
+    memset(big, 'x', n);
+    char id[QID_LEN + 1], small[QID_LEN + 1];
+    commit_body(s, id, big, n);
+    assert_int_equal(count_in(dir, "queue"), 1);
+    assert_content(s, id, big, n);
+    spool_use_journal(s, 0);
+    commit_msg(s, small, "Subject: s\r\n\r\ns\r\n");
+    assert_int_equal(count_in(dir, "queue"), 2);
+    spool_use_journal(s, 1);
+    char j[QID_LEN + 1];
+    commit_msg(s, j, "Subject: j\r\n\r\nj\r\n");
+    assert_int_equal(count_in(dir, "queue"), 2);
+    assert_int_equal(spool_quarantine(s, j), 0);
+    assert_int_equal(count_in(dir, "corrupt"), 1);
+    char p[512];
+    snprintf(p, sizeof(p), "%s/corrupt/%s", dir, j);
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    assert_true(st.st_size > 0);
+    assert_int_equal(scan(s).n, 2);
+    free(big);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* ---- the journal directly ---------------------------------------------------------- */
+
+struct jdir {
+    char *dir;
+    int jfd, qfd;
+};
+
+static struct jdir jdir_new(void)
+{
+    struct jdir d = {.dir = make_tmpdir()};
+    char p[512];
+    snprintf(p, sizeof(p), "%s/j", d.dir);
+    assert_int_equal(mkdir(p, 0700), 0);
+    d.jfd = open(p, O_RDONLY | O_DIRECTORY);
+    snprintf(p, sizeof(p), "%s/q", d.dir);
+    assert_int_equal(mkdir(p, 0700), 0);
+    d.qfd = open(p, O_RDONLY | O_DIRECTORY);
+    assert_true(d.jfd >= 0 && d.qfd >= 0);
+    return d;
+}
+
+static void jdir_free(struct jdir *d)
+{
+    close(d->jfd);
+    close(d->qfd);
+    rm_rf(d->dir);
+    free(d->dir);
+}
+
+static struct journal *jopen(struct jdir *d, size_t segs, uint64_t size)
+{
+    struct errlist errs;
+    errlist_init(&errs);
+    struct journal *j = journal_open(d->jfd, d->dir, d->qfd, segs, size, &errs);
+    assert_int_equal(errs.n, 0);
+    assert_non_null(j);
+    errlist_free(&errs);
+    return j;
+}
+
+static int jappend(struct journal *j, char id[QID_LEN + 1], size_t len, char fill)
+{
+    char *buf = xmalloc(len);
+    memset(buf, fill, len);
+    qid_new(id);
+    struct iovec v = {.iov_base = buf, .iov_len = len};
+    int rc = journal_append(j, id, &v, 1);
+    free(buf);
+    return rc;
+}
+
+static void count_id(void *arg, const char *id)
+{
+    (void)id;
+    (*(size_t *)arg)++;
+}
+
+static size_t live_ids(struct journal *j)
+{
+    size_t n = 0;
+    journal_ids(j, count_id, &n);
+    return n;
+}
+
+/* Small segments: records fill them, rotation reuses the resolved ones
+ * under a new generation, and a restart never brings back a record of an
+ * older generation; with every segment pinned, appends say "no room".
+ * Appends alternate between the journal's two lanes (each has a current
+ * segment). */
+static void test_rotation_and_generations(void **state)
+{
+    (void)state;
+    struct jdir d = jdir_new();
+    uint64_t seg = 64 * 1024; /* 4 KiB header + 60 KiB of records */
+    struct journal *j = jopen(&d, 3, seg);
+    char ids[200][QID_LEN + 1];
+    /* 100 records of 6 KiB, each resolved right away: 10 per segment */
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(jappend(j, ids[i], 6000, (char)('a' + i % 26)), 0);
+        assert_int_equal(journal_done(j, ids[i]), 0);
+    }
+    struct journal_stats st;
+    journal_get_stats(j, &st);
+    assert_int_equal(st.appended, 100);
+    assert_int_equal(st.live, 0);
+    assert_true(st.segments >= 2 && st.segments <= 3);
+    /* three live records survive a restart, readable */
+    char keep[3][QID_LEN + 1];
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(jappend(j, keep[i], 5000, (char)('K' + i)), 0);
+    journal_close(j);
+    j = jopen(&d, 3, seg);
+    assert_int_equal(live_ids(j), 3);
+    for (int i = 0; i < 3; i++) {
+        struct jread r;
+        assert_int_equal(journal_get(j, keep[i], &r), 0);
+        assert_int_equal(r.len, 5000);
+        char c = 0;
+        assert_int_equal(pread(r.fd, &c, 1, (off_t)(r.off + 4999)), 1);
+        assert_int_equal(c, 'K' + i);
+        journal_put(j, &r);
+    }
+    for (int i = 0; i < 100; i++) {
+        struct jread r;
+        assert_int_equal(journal_get(j, ids[i], &r), -1);
+    }
+    /* pin every segment with live records: then there is no room */
+    int rc = 0, n = 0;
+    while (n < 200 && (rc = jappend(j, ids[n], 6000, 'p')) == 0)
+        n++;
+    assert_int_equal(rc, -2);
+    assert_true(n >= 1 && n < 40); /* a lane whose segment is full finds none free */
+    journal_get_stats(j, &st);
+    assert_int_equal(st.segments, 3);
+    assert_int_equal(st.free, 0);
+    /* resolving one segment's records makes room again */
+    for (int i = 0; i < n; i++)
+        assert_int_equal(journal_done(j, ids[i]), 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(journal_done(j, keep[i]), 0);
+    assert_int_equal(jappend(j, ids[0], 6000, 'z'), 0);
+    journal_close(j);
+    j = jopen(&d, 3, seg);
+    assert_int_equal(live_ids(j), 1);
+    struct jread r;
+    assert_int_equal(journal_get(j, ids[0], &r), 0);
+    journal_put(j, &r);
+    /* an oversized payload is refused (the caller uses a file) */
+    assert_int_equal(jappend(j, ids[1], JOURNAL_PAYLOAD_MAX + 1, 'o'), -2);
+    journal_close(j);
+    jdir_free(&d);
+}
+
+/* A record whose id already has a file in queue/ was moved there before
+ * a crash: the recovery resolves it instead of delivering it twice. A
+ * segment a reader holds is not reused under it. */
+static void test_recovery_prefers_queue_file(void **state)
+{
+    (void)state;
+    struct jdir d = jdir_new();
+    struct journal *j = jopen(&d, 4, 64 * 1024);
+    char a[QID_LEN + 1], b[QID_LEN + 1];
+    assert_int_equal(jappend(j, a, 100, 'a'), 0);
+    assert_int_equal(jappend(j, b, 100, 'b'), 0);
+    struct jread held;
+    assert_int_equal(journal_get(j, a, &held), 0);
+    assert_int_equal(journal_done(j, a), 0);
+    assert_int_equal(journal_get(j, a, &(struct jread){0}), -1);
+    /* the held reader still sees a's bytes while others fill the journal */
+    char more[QID_LEN + 1];
+    for (int i = 0; i < 30; i++) {
+        assert_int_equal(jappend(j, more, 6000, 'm'), 0);
+        assert_int_equal(journal_done(j, more), 0);
+    }
+    char c = 0;
+    assert_int_equal(pread(held.fd, &c, 1, (off_t)held.off), 1);
+    assert_int_equal(c, 'a');
+    journal_put(j, &held);
+    journal_close(j);
+    int fd = openat(d.qfd, b, O_CREAT | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    j = jopen(&d, 4, 64 * 1024);
+    assert_int_equal(live_ids(j), 0);
+    journal_close(j);
+    /* and the resolution was written: it stays resolved without the file */
+    assert_int_equal(unlinkat(d.qfd, b, 0), 0);
+    j = jopen(&d, 4, 64 * 1024);
+    assert_int_equal(live_ids(j), 0);
+    journal_close(j);
+    jdir_free(&d);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_commit_read_remove_restart),
+        cmocka_unit_test(test_torn_record),
+        cmocka_unit_test(test_moved_out_for_status_log),
+        cmocka_unit_test(test_files_when_big_or_off),
+        cmocka_unit_test(test_rotation_and_generations),
+        cmocka_unit_test(test_recovery_prefers_queue_file),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
