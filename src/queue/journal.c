@@ -75,6 +75,7 @@ struct jreq {
 };
 
 struct lane {
+    pthread_cond_t cv; /* its waiters: woken when its leader stops */
     struct jseg *cur;
     struct jreq *pend_head, *pend_tail;
     size_t npend;
@@ -83,7 +84,6 @@ struct lane {
 
 struct journal {
     pthread_mutex_t mu;
-    pthread_cond_t cv;
     int dfd;
     char *path;
     uint64_t seg_size;
@@ -553,7 +553,7 @@ static void lead(struct journal *j, struct lane *ln)
         pthread_mutex_lock(&j->mu);
     } while (!ln->pend_head && j->marks_pending);
     ln->leader = 0;
-    pthread_cond_broadcast(&j->cv);
+    pthread_cond_broadcast(&ln->cv);
 }
 
 /* A lane without a leader (the caller leads at once), else the one with
@@ -588,7 +588,7 @@ static void submit_wait(struct journal *j, struct jreq *r)
     ln->npend++;
     while (!r->done) {
         if (ln->leader)
-            pthread_cond_wait(&j->cv, &j->mu);
+            pthread_cond_wait(&ln->cv, &j->mu);
         else
             lead(j, ln);
     }
@@ -813,7 +813,8 @@ struct journal *journal_open(int dfd, const char *path, int qfd, size_t max_segm
 {
     struct journal *j = xcalloc(1, sizeof(*j));
     pthread_mutex_init(&j->mu, NULL);
-    pthread_cond_init(&j->cv, NULL);
+    for (unsigned k = 0; k < LANES; k++)
+        pthread_cond_init(&j->lanes[k].cv, NULL);
     j->dfd = dfd;
     j->path = xstrdup(path);
     j->seg_size = seg_size;
@@ -867,6 +868,7 @@ void journal_close(struct journal *j)
     free(j->buckets);
     free(j->path);
     pthread_mutex_destroy(&j->mu);
-    pthread_cond_destroy(&j->cv);
+    for (unsigned k = 0; k < LANES; k++)
+        pthread_cond_destroy(&j->lanes[k].cv);
     free(j);
 }

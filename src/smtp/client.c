@@ -270,7 +270,7 @@ int smtpc_read_reply(struct smtpc *c, struct smtp_reply *r)
                 return -1;
             }
             if (rr == REPLY_OK) {
-                *r = p.r;
+                reply_copy(r, &p.r);
                 return 0;
             }
             continue;

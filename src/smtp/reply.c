@@ -9,10 +9,30 @@
 #include <string.h>
 #include <strings.h>
 
+/* Clears the reply's fields but not its text buffer (16 KiB): the text is
+ * NUL-terminated at textlen, nothing reads beyond it. */
+static void reply_clear(struct smtp_reply *r)
+{
+    r->code = 0;
+    r->enh[0] = '\0';
+    r->nlines = 0;
+    r->textlen = 0;
+    r->text[0] = '\0';
+}
+
 void reply_parser_init(struct reply_parser *p)
 {
-    memset(&p->r, 0, sizeof(p->r));
+    reply_clear(&p->r);
     p->started = 0;
+}
+
+void reply_copy(struct smtp_reply *dst, const struct smtp_reply *src)
+{
+    dst->code = src->code;
+    memcpy(dst->enh, src->enh, sizeof(dst->enh));
+    dst->nlines = src->nlines;
+    dst->textlen = src->textlen;
+    memcpy(dst->text, src->text, src->textlen + 1);
 }
 
 /* Length of an enhanced status code "c.ddd.ddd" at s (followed by a space

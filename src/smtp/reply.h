@@ -31,6 +31,8 @@ struct reply_parser {
 };
 
 void reply_parser_init(struct reply_parser *p);
+/* Copies a reply: its fields and text up to its NUL (not the whole buffer). */
+void reply_copy(struct smtp_reply *dst, const struct smtp_reply *src);
 /* Feeds one line without CR/LF. REPLY_OK: p->r holds the complete reply
  * (the next call starts a new one). REPLY_ERR: malformed (no 3-digit
  * code, code outside 200..599, a continuation line with another code,
