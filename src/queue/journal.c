@@ -33,6 +33,10 @@
 /* Independent append lanes, each with its own current segment and leader:
  * up to this many fdatasyncs in flight at once (the device overlaps them). */
 #define LANES 2
+/* DONE marks are made durable by the next batch; a resolving thread runs
+ * one itself when this many are waiting or the oldest is this old. */
+#define MARKS_MAX 256
+#define MARKS_AGE_MS 200
 #define ZERO_CHUNK (256u * 1024u)
 
 struct jseg {
@@ -98,7 +102,9 @@ struct journal {
     uint64_t max_gen;
     struct jent **buckets;
     size_t nbuckets, nlive;
-    int marks_pending; /* some segment has marks_dirty */
+    int marks_pending;     /* some segment has marks_dirty */
+    size_t marks_unsynced; /* DONE marks written since the last batch */
+    uint64_t marks_since;  /* monotonic ms of the first of them */
     uint64_t syncs, appended;
 };
 
@@ -478,12 +484,6 @@ static void run_batch(struct journal *j, struct lane *ln, struct jreq *batch)
     struct jseg *segs[SYNC_SEGS_MAX];
     size_t nsegs = 0;
     pthread_mutex_lock(&j->mu);
-    j->marks_pending = 0;
-    for (size_t i = 0; i < j->nsegs; i++)
-        if (j->segs[i]->marks_dirty) {
-            j->segs[i]->marks_dirty = 0;
-            add_seg(segs, &nsegs, j->segs[i]);
-        }
     for (struct jreq *r = batch; r; r = r->next) {
         uint64_t need = rec_size(r->plen);
         struct jseg *seg = ln->cur;
@@ -498,13 +498,33 @@ static void run_batch(struct journal *j, struct lane *ln, struct jreq *batch)
         seg->wpos += need;
         seg->live++;
         put_le64(r->hdr + 8, seg->gen);
+        add_seg(segs, &nsegs, seg);
     }
+    /* DONE marks: those in the segments synced anyway ride along; all of
+     * them when asked (journal_flush), or when many or old */
+    int all = !batch || j->marks_unsynced >= MARKS_MAX ||
+              (j->marks_unsynced && now_ms() - j->marks_since >= MARKS_AGE_MS);
+    int left = 0;
+    for (size_t i = 0; i < j->nsegs; i++) {
+        struct jseg *sg = j->segs[i];
+        if (!sg->marks_dirty)
+            continue;
+        size_t k = 0;
+        while (k < nsegs && segs[k] != sg)
+            k++;
+        if (k < nsegs || all) {
+            sg->marks_dirty = 0;
+            add_seg(segs, &nsegs, sg);
+        } else {
+            left = 1;
+        }
+    }
+    j->marks_pending = left;
+    if (!left)
+        j->marks_unsynced = 0;
     pthread_mutex_unlock(&j->mu);
 
     write_appends(batch);
-    for (struct jreq *r = batch; r; r = r->next)
-        if (r->rc == 0)
-            add_seg(segs, &nsegs, r->seg);
     uint64_t nsync = sync_segments(j, batch, segs, nsegs);
 
     /* an append that failed may still reach the disk: mark it resolved */
@@ -539,19 +559,17 @@ static void run_batch(struct journal *j, struct lane *ln, struct jreq *batch)
 }
 
 /* Becomes the leader of lane ln (lock held, no leader there) and runs
- * batches until nothing is left that no waiting thread will pick up: the
- * lane's requests, then DONE marks written meanwhile. */
+ * one batch: the lane's waiting requests, and the DONE marks written
+ * since the last batch of any lane. */
 static void lead(struct journal *j, struct lane *ln)
 {
     ln->leader = 1;
-    do {
-        struct jreq *batch = ln->pend_head;
-        ln->pend_head = ln->pend_tail = NULL;
-        ln->npend = 0;
-        pthread_mutex_unlock(&j->mu);
-        run_batch(j, ln, batch);
-        pthread_mutex_lock(&j->mu);
-    } while (!ln->pend_head && j->marks_pending);
+    struct jreq *batch = ln->pend_head;
+    ln->pend_head = ln->pend_tail = NULL;
+    ln->npend = 0;
+    pthread_mutex_unlock(&j->mu);
+    run_batch(j, ln, batch);
+    pthread_mutex_lock(&j->mu);
     ln->leader = 0;
     pthread_cond_broadcast(&ln->cv);
 }
@@ -679,12 +697,33 @@ int journal_done(struct journal *j, const char *id)
     if (rc == 0) {
         seg->marks_dirty = 1;
         j->marks_pending = 1;
-        if (!any_leader(j)) /* else a running leader syncs it before it stops */
+        if (j->marks_unsynced++ == 0)
+            j->marks_since = now_ms();
+        /* the next commit's batch syncs it; without commits, this thread
+         * does once the marks are many or old (journal_flush when idle) */
+        if ((j->marks_unsynced >= MARKS_MAX || now_ms() - j->marks_since >= MARKS_AGE_MS) && !any_leader(j))
             lead(j, &j->lanes[0]);
     }
     pthread_mutex_unlock(&j->mu);
     errno = err;
     return rc;
+}
+
+void journal_flush(struct journal *j)
+{
+    pthread_mutex_lock(&j->mu);
+    while (j->marks_pending) {
+        struct lane *ln = NULL;
+        for (unsigned k = 0; k < LANES && !ln; k++)
+            if (!j->lanes[k].leader)
+                ln = &j->lanes[k];
+        if (ln) {
+            lead(j, ln);
+        } else { /* both lanes busy: the marks ride along; wait for one */
+            pthread_cond_wait(&j->lanes[0].cv, &j->mu);
+        }
+    }
+    pthread_mutex_unlock(&j->mu);
 }
 
 void journal_ids(struct journal *j, void (*cb)(void *arg, const char *id), void *arg)
@@ -852,6 +891,9 @@ void journal_close(struct journal *j)
 {
     if (!j)
         return;
+    for (size_t i = 0; i < j->nsegs; i++) /* no thread uses it any more: sync the last marks */
+        if (j->segs[i]->marks_dirty)
+            (void)fdatasync(j->segs[i]->fd);
     if (j->appended)
         logkv(LOG_LVL_INFO, NULL, "journal.closed", "appended=%llu syncs=%llu live=%zu segments=%zu",
               (unsigned long long)j->appended, (unsigned long long)j->syncs, j->nlive, j->nsegs);

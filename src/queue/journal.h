@@ -62,11 +62,15 @@ int journal_append(struct journal *j, const char *id, const struct iovec *iov, i
 int journal_get(struct journal *j, const char *id, struct jread *out);
 void journal_put(struct journal *j, struct jread *r);
 
-/* Resolves id's record (marks it DONE in place) and returns once that is
- * durable: 0; -1 with ENOENT when there is no live record of id, or
- * another errno when the mark could not be made durable (the record is
- * resolved in memory either way). */
+/* Resolves id's record (marks it DONE in place): 0; -1 with ENOENT when
+ * there is no live record of id, or another errno when the mark could not
+ * be written (the record is resolved in memory either way). The mark
+ * becomes durable with the next batch's sync (commits flowing), or when
+ * 256 marks wait or the oldest is 200 ms old (this call runs a sync), or
+ * at journal_flush. A crash before that delivers the message again. */
 int journal_done(struct journal *j, const char *id);
+/* Makes every DONE mark written so far durable (call when going idle). */
+void journal_flush(struct journal *j);
 
 /* Calls cb with the id of every live record (unordered). */
 void journal_ids(struct journal *j, void (*cb)(void *arg, const char *id), void *arg);

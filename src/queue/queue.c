@@ -754,11 +754,32 @@ static void gen_release_locked(struct tgen *g, struct tgen **to_free)
         *to_free = g;
 }
 
+#define IDLE_FLUSH_MS 50
+
 static void *delivery_thread(void *arg)
 {
     struct queue *q = arg;
+    int ran = 0; /* delivered since the spool was last flushed */
     pthread_mutex_lock(&q->lock);
     while (!q->stopping) {
+        if (ran && (q->hlen == 0 || q->heap[0]->due_ms > wall_ms())) {
+            /* going idle: the removals of journal messages are made
+             * durable by the next commits' sync; if none comes soon (no
+             * new work within IDLE_FLUSH_MS), by a flush */
+            int64_t until = wall_ms() + IDLE_FLUSH_MS;
+            if (q->hlen && q->heap[0]->due_ms < until)
+                until = q->heap[0]->due_ms;
+            struct timespec ts;
+            abs_time(until, &ts);
+            if (pthread_cond_timedwait(&q->cond, &q->lock, &ts) == ETIMEDOUT && !q->stopping &&
+                (q->hlen == 0 || q->heap[0]->due_ms > wall_ms())) {
+                ran = 0;
+                pthread_mutex_unlock(&q->lock);
+                spool_flush(q->spool);
+                pthread_mutex_lock(&q->lock);
+            }
+            continue;
+        }
         if (q->hlen == 0) {
             pthread_cond_wait(&q->cond, &q->lock);
             continue;
@@ -784,6 +805,7 @@ static void *delivery_thread(void *arg)
 
         int64_t next_s = 0;
         enum run_res rr = run_message(q, g, id, force, &next_s);
+        ran = 1;
 
         struct tgen *dead = NULL;
         pthread_mutex_lock(&q->lock);

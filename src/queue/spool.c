@@ -1255,6 +1255,12 @@ int spool_remove(struct spool *s, const char *id)
     return e ? -1 : 0;
 }
 
+void spool_flush(struct spool *s)
+{
+    if (s->jr)
+        journal_flush(s->jr);
+}
+
 int spool_quarantine(struct spool *s, const char *id)
 {
     if (!qid_valid(id)) {

@@ -146,9 +146,13 @@ int spool_mark_reported(struct spool *s, struct spool_msg *m, const size_t *rcpt
                         const char *dsn_id);
 /* 1 when no recipient is pending. */
 int spool_msg_complete(const struct spool_msg *m);
-/* Removes queue/ID and queue/ID.st (message first), or resolves the
- * journal record of ID. */
+/* Removes queue/ID and queue/ID.st (message first), durably; or resolves
+ * the journal record of ID (durable soon after: see spool_flush). */
 int spool_remove(struct spool *s, const char *id);
+/* Makes the removals of journal messages done so far durable (they are
+ * otherwise made durable with the next commits' sync, or after 200 ms).
+ * Blocking; the queue calls it when a delivery thread goes idle. */
+void spool_flush(struct spool *s);
 /* Moves queue/ID (and .st) to corrupt/. */
 int spool_quarantine(struct spool *s, const char *id);
 

@@ -501,6 +501,46 @@ static void test_recovery_prefers_queue_file(void **state)
     jdir_free(&d);
 }
 
+/* DONE marks do not cost a sync each: they ride with the next batch, and
+ * journal_flush makes them durable when nothing else would. */
+static void test_done_marks_share_syncs(void **state)
+{
+    (void)state;
+    struct jdir d = jdir_new();
+    struct journal *j = jopen(&d, 4, 1 << 20);
+    char ids[10][QID_LEN + 1];
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(jappend(j, ids[i], 1000, 'd'), 0);
+    struct journal_stats a, b, c, e;
+    journal_get_stats(j, &a);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(journal_done(j, ids[i]), 0);
+    journal_get_stats(j, &b);
+    assert_in_range(b.syncs - a.syncs, 0, 2); /* at most an age-triggered one, never one per mark */
+    assert_int_equal(b.live, 0);
+    journal_flush(j);
+    journal_get_stats(j, &c);
+    journal_flush(j); /* nothing pending: no sync */
+    journal_get_stats(j, &e);
+    assert_int_equal(e.syncs, c.syncs);
+    /* commits after marks carry them (their segment is synced anyway; the
+     * two commits go to the two lanes, one of which holds the marked
+     * record) */
+    assert_int_equal(jappend(j, ids[0], 1000, 'd'), 0);
+    assert_int_equal(journal_done(j, ids[0]), 0);
+    assert_int_equal(jappend(j, ids[1], 1000, 'd'), 0);
+    assert_int_equal(jappend(j, ids[2], 1000, 'd'), 0);
+    journal_get_stats(j, &a);
+    journal_flush(j);
+    journal_get_stats(j, &b);
+    assert_int_equal(b.syncs, a.syncs);
+    journal_close(j);
+    j = jopen(&d, 4, 1 << 20);
+    assert_int_equal(live_ids(j), 2);
+    journal_close(j);
+    jdir_free(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -510,6 +550,7 @@ int main(void)
         cmocka_unit_test(test_files_when_big_or_off),
         cmocka_unit_test(test_rotation_and_generations),
         cmocka_unit_test(test_recovery_prefers_queue_file),
+        cmocka_unit_test(test_done_marks_share_syncs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
