@@ -13,12 +13,14 @@
 static atomic_int g_level = LOG_LVL_INFO;
 static int g_syslog;
 static char g_ident[32] = "submitd";
+static atomic_int g_pid; /* cached: getpid() is a system call per line otherwise */
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
 void log_init(const char *ident, int use_syslog, enum log_level level)
 {
     snprintf(g_ident, sizeof(g_ident), "%s", ident ? ident : "submitd");
+    atomic_store(&g_pid, (int)getpid());
     g_syslog = use_syslog;
     atomic_store(&g_level, (int)level);
     if (use_syslog)
@@ -121,13 +123,23 @@ void logkv(enum log_level level, const struct log_ctx *ctx, const char *event, c
     size_t o = 0;
     const size_t cap = sizeof(line) - 1; /* room for '\n' */
     if (!g_syslog) {
+        /* the date and time to the second, formatted once a second per thread */
+        static _Thread_local time_t ts_sec = -1;
+        static _Thread_local char ts[32];
         struct timeval tv;
-        struct tm tm;
-        char ts[64];
         gettimeofday(&tv, NULL);
-        gmtime_r(&tv.tv_sec, &tm);
-        strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
-        int n = snprintf(line, cap, "%s.%03dZ %s[%d]: ", ts, (int)(tv.tv_usec / 1000), g_ident, (int)getpid());
+        if (tv.tv_sec != ts_sec) {
+            struct tm tm;
+            gmtime_r(&tv.tv_sec, &tm);
+            strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%S", &tm);
+            ts_sec = tv.tv_sec;
+        }
+        int pid = atomic_load(&g_pid);
+        if (!pid) {
+            pid = (int)getpid();
+            atomic_store(&g_pid, pid);
+        }
+        int n = snprintf(line, cap, "%s.%03dZ %s[%d]: ", ts, (int)(tv.tv_usec / 1000), g_ident, pid);
         o = n > 0 && (size_t)n < cap ? (size_t)n : 0;
     }
     add(line, &o, cap, "level=");

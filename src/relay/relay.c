@@ -671,7 +671,11 @@ enum relay_tx relay_transaction(struct relay_conn *rc, const struct relay_opts *
     size_t ok = 0;
     for (size_t i = 0; i < n; i++)
         ok += res[i].status == DR_OK;
-    logkv(LOG_LVL_INFO, lc, "relay.sent", "host=%s peer=%s tls=%s accepted=%zu rcpts=%zu reply=%s",
+    /* the queue logs each recipient's result (delivered/failed/deferred,
+     * with the reply); this summary adds to it only when a recipient was
+     * refused */
+    logkv(ok == n ? LOG_LVL_DEBUG : LOG_LVL_INFO, lc, "relay.sent",
+          "host=%s peer=%s tls=%s accepted=%zu rcpts=%zu reply=%s",
           log_q(qh, sizeof(qh), rc->host), rc->peer, rc->tls ? SSL_get_version(c->ssl) : "no", ok, n,
           log_q(qr, sizeof(qr), n ? res[0].text : "-"));
     goto out;
