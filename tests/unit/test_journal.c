@@ -5,7 +5,8 @@
  * and a spent journal falling back to files (concurrent commits through
  * the journal: test_spool.c's test_concurrent_commits); segment
  * rotation and reuse under new generations (stale records never come
- * back); and records resolved at recovery when queue/ already has them. */
+ * back); records resolved at recovery when queue/ already has them; DONE
+ * marks sharing syncs; and a failing write retiring its segment. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -541,6 +542,82 @@ static void test_done_marks_share_syncs(void **state)
     jdir_free(&d);
 }
 
+/* Makes every open descriptor of a journal segment under dir read-only
+ * (dup2 of a read-only open of the same file): the next write there fails
+ * as a failing disk would. Returns how many it replaced. */
+static int break_segments(const char *dir)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    struct dirent *de;
+    size_t dl = strlen(dir);
+    while ((de = readdir(d)) != NULL) {
+        char link[300], target[512];
+        snprintf(link, sizeof(link), "/proc/self/fd/%s", de->d_name);
+        ssize_t l = readlink(link, target, sizeof(target) - 1);
+        if (l <= 0)
+            continue;
+        target[l] = '\0';
+        if (strncmp(target, dir, dl) != 0 || !strstr(target, "/j/seg."))
+            continue;
+        int fd = atoi(de->d_name);
+        int ro = open(target, O_RDONLY);
+        assert_true(ro >= 0);
+        assert_int_equal(dup2(ro, fd), fd);
+        close(ro);
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/* A write that fails (a failing disk) fails the commits it carried, which
+ * are never delivered; the segment is retired and later commits go on in
+ * fresh segments. */
+static void test_write_failure_retires_segment(void **state)
+{
+    (void)state;
+    struct jdir d = jdir_new();
+    struct journal *j = jopen(&d, 8, 64 * 1024);
+    char ok_ids[16][QID_LEN + 1], id[QID_LEN + 1];
+    int nok = 0;
+    for (int i = 0; i < 2; i++) /* one record in each lane's segment */
+        assert_int_equal(jappend(j, ok_ids[nok++], 500, 'o'), 0);
+    struct journal_stats st;
+    journal_get_stats(j, &st);
+    assert_int_equal(st.segments, 2);
+    assert_int_equal(break_segments(d.dir), 2);
+    int failed = 0;
+    for (int i = 0; i < 8; i++) {
+        errno = 0;
+        int rc = jappend(j, id, 500, 'x');
+        if (rc == 0) {
+            memcpy(ok_ids[nok++], id, QID_LEN + 1);
+        } else {
+            assert_int_equal(rc, -1);
+            assert_int_equal(errno, EBADF);
+            failed++;
+            struct jread r;
+            assert_int_equal(journal_get(j, id, &r), -1); /* never delivered */
+        }
+    }
+    assert_int_equal(failed, 2); /* the first append in each lane's broken segment */
+    journal_get_stats(j, &st);
+    assert_int_equal(st.segments, 4);
+    assert_int_equal(st.live, (size_t)nok);
+    journal_close(j);
+    j = jopen(&d, 8, 64 * 1024);
+    assert_int_equal(live_ids(j), (size_t)nok);
+    for (int i = 0; i < nok; i++) {
+        struct jread r;
+        assert_int_equal(journal_get(j, ok_ids[i], &r), 0);
+        journal_put(j, &r);
+    }
+    journal_close(j);
+    jdir_free(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -551,6 +628,7 @@ int main(void)
         cmocka_unit_test(test_rotation_and_generations),
         cmocka_unit_test(test_recovery_prefers_queue_file),
         cmocka_unit_test(test_done_marks_share_syncs),
+        cmocka_unit_test(test_write_failure_retires_segment),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
