@@ -674,10 +674,11 @@ enum relay_tx relay_transaction(struct relay_conn *rc, const struct relay_opts *
     /* the queue logs each recipient's result (delivered/failed/deferred,
      * with the reply); this summary adds to it only when a recipient was
      * refused */
-    logkv(ok == n ? LOG_LVL_DEBUG : LOG_LVL_INFO, lc, "relay.sent",
-          "host=%s peer=%s tls=%s accepted=%zu rcpts=%zu reply=%s",
-          log_q(qh, sizeof(qh), rc->host), rc->peer, rc->tls ? SSL_get_version(c->ssl) : "no", ok, n,
-          log_q(qr, sizeof(qr), n ? res[0].text : "-"));
+    enum log_level lvl = ok == n ? LOG_LVL_DEBUG : LOG_LVL_INFO;
+    if (log_enabled(lvl))
+        logkv(lvl, lc, "relay.sent", "host=%s peer=%s tls=%s accepted=%zu rcpts=%zu reply=%s",
+              log_q(qh, sizeof(qh), rc->host), rc->peer, rc->tls ? SSL_get_version(c->ssl) : "no", ok, n,
+              log_q(qr, sizeof(qr), n ? res[0].text : "-"));
     goto out;
 broken:
     if (c->err != SMTPC_OK)
@@ -727,8 +728,9 @@ static struct relay_conn *get_conn(const struct relay_attempt *a, const struct s
         int quiet = rc->clean && now_ms() - rc->idle_since_ms < REUSE_QUIET_MS && smtpc_idle_quiet(rc->c);
         if (quiet || relay_rset(rc) == 0) {
             char qh[LOGQ_MAX];
-            logkv(LOG_LVL_DEBUG, a->lc, "relay.reuse", "host=%s peer=%s messages=%u", log_q(qh, sizeof(qh), rc->host),
-                  rc->peer, rc->nmsgs);
+            if (log_enabled(LOG_LVL_DEBUG))
+                logkv(LOG_LVL_DEBUG, a->lc, "relay.reuse", "host=%s peer=%s messages=%u",
+                      log_q(qh, sizeof(qh), rc->host), rc->peer, rc->nmsgs);
             return rc;
         }
         relay_close(rc, 0); /* stale: keep the slot, connect anew */

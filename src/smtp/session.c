@@ -154,8 +154,10 @@ static void reply(struct session *s, const char *line)
 {
     if (s->dead)
         return;
-    io_printf(s->io, "%s\r\n", line);
-    logkv(LOG_LVL_DEBUG, &s->lc, "smtp.reply", "reply=%s", log_q((char[LOGQ_MAX]){0}, LOGQ_MAX, line));
+    io_write(s->io, line, strlen(line));
+    io_write(s->io, "\r\n", 2);
+    if (log_enabled(LOG_LVL_DEBUG))
+        logkv(LOG_LVL_DEBUG, &s->lc, "smtp.reply", "reply=%s", log_q((char[LOGQ_MAX]){0}, LOGQ_MAX, line));
 }
 
 static void close_after_reply(struct session *s)
@@ -1086,7 +1088,7 @@ static void handle_command(struct session *s, const char *line, size_t len)
     char q[LOGQ_MAX];
     if (c == CMD_AUTH)
         logkv(LOG_LVL_DEBUG, &s->lc, "smtp.command", "cmd=AUTH"); /* never log AUTH payloads */
-    else
+    else if (log_enabled(LOG_LVL_DEBUG)) /* log_q quotes the whole line: not for nothing */
         logkv(LOG_LVL_DEBUG, &s->lc, "smtp.command", "line=%s", log_q(q, sizeof(q), line));
     if (c == CMD_INVALID) {
         reply_err(s, "500 5.5.2 Error: invalid characters in command");
