@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <time.h>
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
@@ -75,6 +76,11 @@ void rfc5322_date(time_t t, char *buf, size_t n);
 
 /* Writes all of buf to fd, retrying on EINTR/short writes. 0 or -1 (errno). */
 int write_all(int fd, const void *buf, size_t n);
+/* The same at offset off (pwrite). */
+int pwrite_all(int fd, const void *buf, size_t n, off_t off);
+/* Reads exactly n bytes at offset off, retrying on EINTR/short reads. 0, or
+ * -1 with errno (EBADMSG when the file ends first). */
+int pread_full(int fd, void *buf, size_t n, off_t off);
 
 struct sockaddr;
 /* "192.0.2.1:25" / "[2001:db8::1]:25"; "?" for other families. */

@@ -51,7 +51,6 @@ struct jseg {
     int broken;        /* an I/O error: never appended to or reused again */
     int in_free;
     int marks_dirty;   /* DONE marks written since its last sync */
-    int sync_failed;   /* set by the leader, turned into broken under the lock */
     struct jseg *next_free;
 };
 
@@ -153,41 +152,6 @@ static void seg_hdr_sum(const unsigned char *hdr, unsigned char out[32])
         memset(out, 0, 32);
 }
 
-static int pread_all(int fd, void *buf, size_t n, uint64_t off)
-{
-    char *p = buf;
-    while (n) {
-        ssize_t r = pread(fd, p, n, (off_t)off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            if (r == 0)
-                errno = EIO;
-            return -1;
-        }
-        p += r;
-        n -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
-
-static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
-{
-    const char *p = buf;
-    while (n) {
-        ssize_t r = pwrite(fd, p, n, (off_t)off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        p += r;
-        n -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
-
 /* pwritev until everything is written; iov is modified. */
 static int pwritev_all(int fd, struct iovec *iov, int n, uint64_t off)
 {
@@ -283,7 +247,7 @@ static void seg_maybe_free(struct journal *j, struct jseg *seg)
 /* Starts a new generation in seg: writes its header and syncs it. Every
  * record it held is stale from then on. No lock needed: the segment is
  * the leader's alone while it is not current and off the free list. */
-static int seg_reset(struct journal *j, struct jseg *seg, uint64_t gen)
+static int seg_reset(struct jseg *seg, uint64_t gen)
 {
     unsigned char h[SEG_HDR_USED];
     memset(h, 0, sizeof(h));
@@ -295,7 +259,6 @@ static int seg_reset(struct journal *j, struct jseg *seg, uint64_t gen)
         return -1;
     seg->gen = gen;
     seg->wpos = SEG_HDR_SIZE;
-    (void)j;
     return 0;
 }
 
@@ -312,7 +275,7 @@ static struct jseg *seg_create(struct journal *j, unsigned idx)
     int rc = 0;
     for (uint64_t off = 0; rc == 0 && off < j->seg_size; off += ZERO_CHUNK) {
         uint64_t n = j->seg_size - off < ZERO_CHUNK ? j->seg_size - off : ZERO_CHUNK;
-        rc = pwrite_all(fd, zero, (size_t)n, off);
+        rc = pwrite_all(fd, zero, (size_t)n, (off_t)off);
     }
     free(zero);
     if (rc != 0 || fsync(fd) != 0 || fsync(j->dfd) != 0) {
@@ -371,7 +334,7 @@ static struct jseg *rotate(struct journal *j, struct lane *ln)
         int created = !seg;
         if (created)
             seg = seg_create(j, idx);
-        int ok = seg && seg_reset(j, seg, gen) == 0;
+        int ok = seg && seg_reset(seg, gen) == 0;
         int e = errno;
         pthread_mutex_lock(&j->mu);
         char q[LOGQ_MAX];
@@ -404,7 +367,7 @@ static void write_run(struct jseg *seg, struct iovec *iov, int n, uint64_t start
         return;
     int e = errno ? errno : EIO;
     for (struct jreq *f = first; f != stop; f = f->next)
-        if (f->iov && f->rc == 0 && f->seg == seg) {
+        if (f->rc == 0 && f->seg == seg) {
             f->rc = -1;
             f->err = e;
         }
@@ -420,7 +383,7 @@ static void write_appends(struct jreq *batch)
     int n = 0;
     uint64_t start = 0, end = 0;
     for (struct jreq *r = batch; r; r = r->next) {
-        if (!r->iov || r->rc != 0)
+        if (r->rc != 0)
             continue;
         if (n && (r->seg != first->seg || r->off != end || n + r->iovcnt + 2 > IOV_CHUNK)) {
             write_run(first->seg, iov, n, start, first, r);
@@ -445,10 +408,12 @@ static void write_appends(struct jreq *batch)
 #define SYNC_SEGS_MAX 64
 
 /* Syncs each segment of segs once (the appends' and those with DONE
- * marks to make durable); a failure fails the appends placed there. */
-static uint64_t sync_segments(struct journal *j, struct jreq *batch, struct jseg **segs, size_t n)
+ * marks to make durable); a failure fails the appends placed there and
+ * sets failed[i]. */
+static void sync_segments(struct jreq *batch, struct jseg **segs, size_t n, int *failed)
 {
     for (size_t i = 0; i < n; i++) {
+        failed[i] = 0;
         int rc = fdatasync(segs[i]->fd);
         int e = errno;
         if (rc == 0)
@@ -461,9 +426,8 @@ static uint64_t sync_segments(struct journal *j, struct jreq *batch, struct jseg
                 f->rc = -1;
                 f->err = e ? e : EIO;
             }
-        segs[i]->sync_failed = 1;
+        failed[i] = 1;
     }
-    return n;
 }
 
 static void add_seg(struct jseg **segs, size_t *n, struct jseg *seg)
@@ -525,17 +489,18 @@ static void run_batch(struct journal *j, struct lane *ln, struct jreq *batch)
     pthread_mutex_unlock(&j->mu);
 
     write_appends(batch);
-    uint64_t nsync = sync_segments(j, batch, segs, nsegs);
+    int failed[SYNC_SEGS_MAX];
+    sync_segments(batch, segs, nsegs, failed);
 
     /* an append that failed may still reach the disk: mark it resolved */
     for (struct jreq *r = batch; r; r = r->next)
         if (r->rc == -1 && r->seg)
-            (void)pwrite_all(r->seg->fd, DONE_MARK, 4, r->off + REC_STATE_OFF);
+            (void)pwrite_all(r->seg->fd, DONE_MARK, 4, (off_t)(r->off + REC_STATE_OFF));
 
     pthread_mutex_lock(&j->mu);
-    j->syncs += nsync;
+    j->syncs += nsegs;
     for (size_t i = 0; i < nsegs; i++)
-        if (segs[i]->sync_failed)
+        if (failed[i])
             segs[i]->broken = 1; /* an I/O error: never appended to or reused again */
     for (struct jreq *r = batch; r; r = r->next) {
         if (r->seg) {
@@ -545,7 +510,7 @@ static void run_batch(struct journal *j, struct lane *ln, struct jreq *batch)
                 if (r->rc == 0) { /* the id is live already: a caller's bug, never deliver twice */
                     r->rc = -1;
                     r->err = EEXIST;
-                    (void)pwrite_all(r->seg->fd, DONE_MARK, 4, r->off + REC_STATE_OFF);
+                    (void)pwrite_all(r->seg->fd, DONE_MARK, 4, (off_t)(r->off + REC_STATE_OFF));
                 }
                 if (r->rc == -1)
                     r->seg->broken = 1;
@@ -688,7 +653,7 @@ int journal_done(struct journal *j, const char *id)
     struct jseg *seg = e->seg;
     /* the mark is written while the record still pins its segment: the
      * segment cannot be reused under it */
-    int rc = pwrite_all(seg->fd, DONE_MARK, 4, e->off + REC_STATE_OFF);
+    int rc = pwrite_all(seg->fd, DONE_MARK, 4, (off_t)(e->off + REC_STATE_OFF));
     int err = errno;
     free(e);
     pthread_mutex_lock(&j->mu);
@@ -751,7 +716,7 @@ void journal_get_stats(struct journal *j, struct journal_stats *st)
 static int seg_read_header(struct jseg *seg)
 {
     unsigned char h[SEG_HDR_USED], sum[32];
-    if (seg->size < SEG_HDR_SIZE + REC_HDR || pread_all(seg->fd, h, sizeof(h), 0) != 0)
+    if (seg->size < SEG_HDR_SIZE + REC_HDR || pread_full(seg->fd, h, sizeof(h), 0) != 0)
         return -1;
     seg_hdr_sum(h, sum);
     if (memcmp(h, SEG_MAGIC, 8) != 0 || memcmp(sum, h + 24, 32) != 0 || get_le64(h + 16) != seg->size)
@@ -769,7 +734,7 @@ static size_t seg_recover(struct journal *j, struct jseg *seg, int qfd)
     uint64_t off = SEG_HDR_SIZE;
     unsigned char h[REC_HDR];
     char *buf = NULL;
-    while (off + REC_HDR <= seg->size && pread_all(seg->fd, h, REC_HDR, off) == 0) {
+    while (off + REC_HDR <= seg->size && pread_full(seg->fd, h, REC_HDR, (off_t)off) == 0) {
         uint64_t plen = get_le64(h + 16);
         if (memcmp(h, REC_MAGIC, 8) != 0 || get_le64(h + 8) != seg->gen || plen > JOURNAL_PAYLOAD_MAX ||
             plen > seg->size - off - REC_HDR)
@@ -777,7 +742,7 @@ static size_t seg_recover(struct journal *j, struct jseg *seg, int qfd)
         int resolved = memcmp(h + REC_STATE_OFF, DONE_MARK, 4) == 0;
         if (!resolved) {
             buf = xrealloc(buf, plen ? plen : 1);
-            if (pread_all(seg->fd, buf, (size_t)plen, off + REC_HDR) != 0)
+            if (pread_full(seg->fd, buf, (size_t)plen, (off_t)(off + REC_HDR)) != 0)
                 break;
             unsigned char sum[REC_SUM_LEN];
             struct iovec v = {.iov_base = buf, .iov_len = (size_t)plen};
@@ -794,7 +759,7 @@ static size_t seg_recover(struct journal *j, struct jseg *seg, int qfd)
                 /* already a queue file (moved before a crash), or a duplicate */
                 logkv(LOG_LVL_INFO, NULL, "journal.recovered_resolved", "segment=%u id=%s", seg->idx,
                       log_q(q, sizeof(q), id));
-                (void)pwrite_all(seg->fd, DONE_MARK, 4, off + REC_STATE_OFF);
+                (void)pwrite_all(seg->fd, DONE_MARK, 4, (off_t)(off + REC_STATE_OFF));
                 marked++;
             } else {
                 seg->live++;

@@ -76,7 +76,6 @@ struct spool {
 };
 
 static void recycled_drop(struct spool *s, int fd, const char *name);
-static int pread_full(int fd, void *buf, size_t n, off_t off);
 
 struct spool_writer {
     struct spool *s;
@@ -1000,26 +999,6 @@ int spool_msg_complete(const struct spool_msg *m)
 }
 
 /* ---- reading ---------------------------------------------------------------- */
-
-static int pread_full(int fd, void *buf, size_t n, off_t off)
-{
-    char *p = buf;
-    while (n) {
-        ssize_t r = pread(fd, p, n, off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0) {
-            errno = EBADMSG;
-            return -1;
-        }
-        p += r;
-        n -= (size_t)r;
-        off += r;
-    }
-    return 0;
-}
 
 static int parse_hex16(const char *s, uint64_t *out)
 {
