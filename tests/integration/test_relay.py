@@ -156,6 +156,8 @@ def test_smarthost_starttls_auth_bytes_reuse(make_daemon, receivers, certs, tmp_
     assert len(rx.auth_attempts) == 2
     d.wait_log(rf"event=queue\.removed .*qid={qid2}")
     assert not any(b"RSET" in c for c in rx.chunks), rx.chunks
+    # every recipient accepted: the delivered lines say it all, no relay.sent at info
+    assert "event=relay.sent" not in d.log_text()
     # idle for longer than 2 s: RSET checks the connection before reuse
     time.sleep(2.5)
     qid3, msg3 = submit(d, ["erin@relay.test"], subject="third")
@@ -269,6 +271,8 @@ def test_mx_preference_order_and_rcpt_5xx(make_daemon, receivers, zone, mxport, 
     assert "550 5.1.1" in failed and "reason=permanent" in failed and "attempts=1" in failed, failed
     d.wait_log(rf"event=delivered qid={qid} rcpt=u1@two.test ")
     d.wait_log(rf"event=queue\.removed .*qid={qid}")
+    # a recipient refused: the transaction's summary is logged at info
+    assert re.search(rf"level=info event=relay\.sent .*qid={qid} .*accepted=2 rcpts=3", d.log_text())
     # the preferred MX took it; the backup saw nothing at all
     assert rx2.connections == 0 and rx2.messages == []
     assert re.search(r"event=relay\.tls .*host=mx1\.two\.test .*verified=no", d.log_text())
