@@ -25,7 +25,7 @@ SANFLAGS =
 OPT = -O2 -g
 endif
 
-PKGS = libevent libevent_openssl libevent_pthreads openssl libcares hiredis
+PKGS = libevent libevent_openssl libevent_pthreads openssl libcares hiredis libsodium
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

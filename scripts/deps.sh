@@ -6,7 +6,7 @@
 # (the daemon's default user) so that the privilege-drop test can run.
 set -eu
 what=${1:-build}
-build_pkgs="build-essential pkg-config libssl-dev libevent-dev libargon2-dev libcrypt-dev openssl libc-ares-dev libhiredis-dev"
+build_pkgs="build-essential pkg-config libssl-dev libevent-dev libargon2-dev libcrypt-dev openssl libc-ares-dev libhiredis-dev libsodium-dev"
 test_pkgs="libcmocka-dev procps python3 python3-pytest python3-aiosmtpd python3-dkim python3-dnspython swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl libmail-dkim-perl libnet-dns-perl opendkim dnsmasq-base curl msmtp clang valgrind libclang-rt-14-dev redis-server postfix sasl2-bin libsasl2-modules python3-jsonschema python3-cryptography"
 pkgs=$build_pkgs
 [ "$what" = test ] && pkgs="$build_pkgs $test_pkgs"

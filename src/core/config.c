@@ -26,6 +26,7 @@
 #include <openssl/pem.h>
 
 #include "core/log.h"
+#include "dkim/dkim.h"
 #include "queue/transport.h"
 
 #define CONFIG_MAX_BYTES (1024 * 1024)
@@ -888,7 +889,10 @@ static void load_dkim_key(struct parser *p, const struct dkim_cfg *d, struct dki
     if (EVP_PKEY_is_a(pk, "RSA") && bits >= DKIM_RSA_MIN_BITS && bits <= DKIM_RSA_MAX_BITS) {
         k->alg = DKIM_ALG_RSA_SHA256;
     } else if (EVP_PKEY_is_a(pk, "ED25519")) {
-        k->alg = DKIM_ALG_ED25519_SHA256;
+        if (dkim_ed25519_secret(pk, k->ed_sk) == 0)
+            k->alg = DKIM_ALG_ED25519_SHA256;
+        else
+            perr(p, k->line, "dkim key %s: cannot prepare the Ed25519 key for signing; %s", k->file, fix);
     } else if (EVP_PKEY_is_a(pk, "RSA") && bits < DKIM_RSA_MIN_BITS) {
         perr(p, k->line, "dkim key %s is a %d-bit RSA key: DKIM needs at least %d bits (RFC 8301); %s", k->file,
              bits, DKIM_RSA_MIN_BITS, fix);
@@ -1028,7 +1032,7 @@ static void key_dkim_key(struct parser *p, void *base, const struct keydef *k, c
             return;
         }
     }
-    struct dkim_key_cfg kc = {xstrdup(sel), abs_path(p->basedir, av[1]), nb, 0, NULL, line};
+    struct dkim_key_cfg kc = {.selector = xstrdup(sel), .file = abs_path(p->basedir, av[1]), .not_before = nb, .line = line};
     if (!p->no_file_checks && check_file(p, line, "dkim key", kc.file, 1) == 0)
         load_dkim_key(p, d, &kc);
     d->keys = xrealloc(d->keys, (d->nkeys + 1) * sizeof(*d->keys));
@@ -1972,6 +1976,7 @@ static void config_free(struct config *c)
             free(d->keys[k].selector);
             free(d->keys[k].file);
             EVP_PKEY_free(d->keys[k].pkey);
+            mem_wipe(d->keys[k].ed_sk, sizeof(d->keys[k].ed_sk));
         }
         free(d->keys);
         for (size_t k = 0; k < d->nheaders; k++)

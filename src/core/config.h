@@ -117,6 +117,8 @@ struct dkim_key_cfg {
     enum dkim_alg alg;  /* from the key's type */
     void *pkey;         /* EVP_PKEY *, loaded and checked by config_load
                            (NULL after config_load_paths) */
+    unsigned char ed_sk[64]; /* Ed25519: libsodium's secret key (seed || public
+                                key), from pkey (dkim_ed25519_secret) */
     int line;
 };
 

@@ -8,6 +8,7 @@
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <sodium.h>
 
 #include "dkim/dkim.h"
 #include "smtp/parse.h"
@@ -534,41 +535,74 @@ static void ossl_err(char *err, size_t errlen, const char *what)
     ERR_clear_error();
 }
 
-int dkim_sig_compute(EVP_PKEY *key, enum dkim_alg alg, const char *hdrs, size_t hlen, const char *sigfield,
-                     size_t slen, struct strbuf *b64, char *err, size_t errlen)
+int dkim_ed25519_secret(EVP_PKEY *key, unsigned char sk[DKIM_ED25519_SK_LEN])
 {
-    if (!key) {
+    unsigned char seed[crypto_sign_SEEDBYTES], pk[crypto_sign_PUBLICKEYBYTES];
+    size_t len = sizeof(seed);
+    int ok = key && EVP_PKEY_get_base_id(key) == EVP_PKEY_ED25519 && sodium_init() >= 0 &&
+             EVP_PKEY_get_raw_private_key(key, seed, &len) == 1 && len == sizeof(seed) &&
+             crypto_sign_seed_keypair(pk, sk, seed) == 0;
+    mem_wipe(seed, sizeof(seed));
+    ERR_clear_error();
+    if (!ok)
+        mem_wipe(sk, DKIM_ED25519_SK_LEN);
+    return ok ? 0 : -1;
+}
+
+/* RFC 8463: PureEdDSA over the SHA-256 of the data. libsodium signs in
+ * about 19 us where OpenSSL 3.0's EVP_DigestSign takes about 46 us (a
+ * fetch, a context and its own scalar code per call); the signatures are
+ * the same bytes (Ed25519 is deterministic; test_dkim checks both). */
+static int sign_ed25519(EVP_PKEY *key, const unsigned char *ed_sk, const char *hdrs, size_t hlen,
+                        const char *sigfield, size_t slen, unsigned char sig[crypto_sign_BYTES])
+{
+    unsigned char own[DKIM_ED25519_SK_LEN];
+    if (!ed_sk) {
+        if (dkim_ed25519_secret(key, own) != 0)
+            return -1;
+        ed_sk = own;
+    }
+    unsigned char d[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256_state h;
+    crypto_hash_sha256_init(&h);
+    crypto_hash_sha256_update(&h, (const unsigned char *)hdrs, hlen);
+    crypto_hash_sha256_update(&h, (const unsigned char *)sigfield, slen);
+    crypto_hash_sha256_final(&h, d);
+    int rc = crypto_sign_detached(sig, NULL, d, sizeof(d), ed_sk);
+    if (ed_sk == own)
+        mem_wipe(own, sizeof(own));
+    return rc == 0 ? 0 : -1;
+}
+
+int dkim_sig_compute(EVP_PKEY *key, const unsigned char *ed_sk, enum dkim_alg alg, const char *hdrs, size_t hlen,
+                     const char *sigfield, size_t slen, struct strbuf *b64, char *err, size_t errlen)
+{
+    if (!key && !(ed_sk && alg == DKIM_ALG_ED25519_SHA256)) {
         snprintf(err, errlen, "no_key");
         return -1;
     }
     int want = alg == DKIM_ALG_ED25519_SHA256 ? EVP_PKEY_ED25519 : EVP_PKEY_RSA;
-    if (EVP_PKEY_get_base_id(key) != want) {
+    if (key && EVP_PKEY_get_base_id(key) != want) {
         snprintf(err, errlen, "key_type");
         return -1;
     }
-    int size = EVP_PKEY_get_size(key);
+    int size = alg == DKIM_ALG_ED25519_SHA256 ? (int)crypto_sign_BYTES : EVP_PKEY_get_size(key);
     if (size <= 0 || size > 8192) {
         ossl_err(err, errlen, "key_size");
         return -1;
     }
     size_t siglen = (size_t)size;
     unsigned char *sig = xmalloc(siglen);
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx != NULL;
-    if (ok && alg == DKIM_ALG_RSA_SHA256) {
-        ok = EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, key) == 1 &&
+    int ok;
+    if (alg == DKIM_ALG_RSA_SHA256) {
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        ok = ctx && EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, key) == 1 &&
              EVP_DigestSignUpdate(ctx, hdrs, hlen) == 1 && EVP_DigestSignUpdate(ctx, sigfield, slen) == 1 &&
              EVP_DigestSignFinal(ctx, sig, &siglen) == 1;
-    } else if (ok) {
-        /* RFC 8463: PureEdDSA over the SHA-256 of the data. */
-        unsigned char d[DKIM_HASH_LEN];
-        unsigned int dlen = 0;
-        ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 && EVP_DigestUpdate(ctx, hdrs, hlen) == 1 &&
-             EVP_DigestUpdate(ctx, sigfield, slen) == 1 && EVP_DigestFinal_ex(ctx, d, &dlen) == 1 &&
-             dlen == DKIM_HASH_LEN && EVP_MD_CTX_reset(ctx) == 1 &&
-             EVP_DigestSignInit(ctx, NULL, NULL, NULL, key) == 1 && EVP_DigestSign(ctx, sig, &siglen, d, dlen) == 1;
+        EVP_MD_CTX_free(ctx);
+    } else {
+        ok = sign_ed25519(key, ed_sk, hdrs, hlen, sigfield, slen, sig) == 0;
     }
-    EVP_MD_CTX_free(ctx);
     if (!ok) {
         free(sig);
         ossl_err(err, errlen, "sign_failed");
@@ -584,8 +618,8 @@ int dkim_sig_compute(EVP_PKEY *key, enum dkim_alg alg, const char *hdrs, size_t 
     return 0;
 }
 
-int dkim_sign(const struct dkim_sig_params *p, EVP_PKEY *key, const char *hdrs, size_t hlen, struct strbuf *out,
-              char *err, size_t errlen)
+int dkim_sign(const struct dkim_sig_params *p, EVP_PKEY *key, const unsigned char *ed_sk, const char *hdrs,
+              size_t hlen, struct strbuf *out, char *err, size_t errlen)
 {
     struct strbuf field, canon, b64;
     sb_init(&field);
@@ -593,7 +627,7 @@ int dkim_sign(const struct dkim_sig_params *p, EVP_PKEY *key, const char *hdrs, 
     sb_init(&b64);
     dkim_sig_template(p, &field);
     dkim_canon_header(p->canon_header, field.s, field.len, &canon);
-    int rc = dkim_sig_compute(key, p->alg, hdrs, hlen, canon.s, canon.len, &b64, err, errlen);
+    int rc = dkim_sig_compute(key, ed_sk, p->alg, hdrs, hlen, canon.s, canon.len, &b64, err, errlen);
     if (rc == 0) {
         dkim_sig_add_b(&field, b64.s);
         sb_append(out, field.s, field.len);

@@ -130,14 +130,22 @@ const char *dkim_canon_name(enum dkim_canon c); /* "simple", "relaxed" */
  * "b=" (last tag, no trailing CRLF): the text that is signed. */
 void dkim_sig_template(const struct dkim_sig_params *p, struct strbuf *out);
 
+/* The Ed25519 secret key in libsodium's form (seed || public key) from
+ * an OpenSSL Ed25519 key: computed once per key (config_load) so that
+ * signing does not derive it per message. 0, or -1 (not an Ed25519
+ * private key; sk wiped). */
+#define DKIM_ED25519_SK_LEN 64
+int dkim_ed25519_secret(EVP_PKEY *key, unsigned char sk[DKIM_ED25519_SK_LEN]);
+
 /* Signs hdrs (the canonical selected fields) followed by sigfield (the
  * canonical DKIM-Signature field with an empty b=): rsa-sha256 with
  * EVP_DigestSign/SHA-256; ed25519-sha256 signs the SHA-256 of the data
- * (RFC 8463). The key's type must match alg. Appends the signature in
- * base64 to b64. 0, or -1 with a reason token in err (OpenSSL's error
- * queue is cleared either way). */
-int dkim_sig_compute(EVP_PKEY *key, enum dkim_alg alg, const char *hdrs, size_t hlen, const char *sigfield,
-                     size_t slen, struct strbuf *b64, char *err, size_t errlen);
+ * (RFC 8463) with libsodium, using ed_sk (from dkim_ed25519_secret) or,
+ * when it is NULL, deriving it from key. The key's type must match alg.
+ * Appends the signature in base64 to b64. 0, or -1 with a reason token
+ * in err (OpenSSL's error queue is cleared either way). */
+int dkim_sig_compute(EVP_PKEY *key, const unsigned char *ed_sk, enum dkim_alg alg, const char *hdrs, size_t hlen,
+                     const char *sigfield, size_t slen, struct strbuf *b64, char *err, size_t errlen);
 
 /* Appends b64 after a template's final "b=", folded, then CRLF. */
 void dkim_sig_add_b(struct strbuf *field, const char *b64);
@@ -145,8 +153,8 @@ void dkim_sig_add_b(struct strbuf *field, const char *b64);
 /* All of the above: appends the complete CRLF-terminated field to out.
  * hdrs is the canonical selected header data (dkim_canon_selected with
  * p->canon_header). 0, or -1 with a reason in err (out unchanged). */
-int dkim_sign(const struct dkim_sig_params *p, EVP_PKEY *key, const char *hdrs, size_t hlen, struct strbuf *out,
-              char *err, size_t errlen);
+int dkim_sign(const struct dkim_sig_params *p, EVP_PKEY *key, const unsigned char *ed_sk, const char *hdrs,
+              size_t hlen, struct strbuf *out, char *err, size_t errlen);
 
 /* ---- the message-stream hook (dkimhook.c) ------------------------------ */
 

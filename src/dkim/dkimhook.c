@@ -192,7 +192,7 @@ static int sign_all(struct dkim_state *st, const struct msg_view *v, const struc
             .bh = bh,
         };
         char err[256];
-        if (dkim_sign(&p, (EVP_PKEY *)k->pkey, hdrs.s ? hdrs.s : "", hdrs.len, sigs, err, sizeof(err)) != 0) {
+        if (dkim_sign(&p, (EVP_PKEY *)k->pkey, k->alg == DKIM_ALG_ED25519_SHA256 ? k->ed_sk : NULL, hdrs.s ? hdrs.s : "", hdrs.len, sigs, err, sizeof(err)) != 0) {
             rc = failed(st, v, k, err, reply, rlen);
             continue;
         }

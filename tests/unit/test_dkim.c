@@ -33,6 +33,7 @@
 #include "dkim/dkim.h"
 #include "queue/spool.h"
 #include "smtp/msgstream.h"
+#include "smtp/parse.h"
 
 #define S(x) x, (sizeof(x) - 1)
 
@@ -523,7 +524,14 @@ static void rfc8463_check(EVP_PKEY *key, enum dkim_alg alg, const char *tmpl, co
     dkim_canon_header(DKIM_CANON_RELAXED, tmpl, strlen(tmpl), &sig);
     assert_string_equal(sig.s, want_canon);
     char err[256];
-    assert_int_equal(dkim_sig_compute(key, alg, hdrs.s, hdrs.len, sig.s, sig.len, &b64, err, sizeof(err)), 0);
+    /* Ed25519 with the key prepared once (as config_load does) */
+    unsigned char sk[DKIM_ED25519_SK_LEN];
+    const unsigned char *ed_sk = NULL;
+    if (alg == DKIM_ALG_ED25519_SHA256) {
+        assert_int_equal(dkim_ed25519_secret(key, sk), 0);
+        ed_sk = sk;
+    }
+    assert_int_equal(dkim_sig_compute(key, ed_sk, alg, hdrs.s, hdrs.len, sig.s, sig.len, &b64, err, sizeof(err)), 0);
     assert_string_equal(b64.s, want_b);
 
     char got[64];
@@ -828,7 +836,7 @@ static void sign_and_verify(EVP_PKEY *key, enum dkim_alg alg, enum dkim_canon ch
                                 .bh = bh};
     char err[256];
     sb_puts(&out, "X-Before: kept\r\n");
-    assert_int_equal(dkim_sign(&p, key, hdrs.s, hdrs.len, &out, err, sizeof(err)), 0);
+    assert_int_equal(dkim_sign(&p, key, NULL, hdrs.s, hdrs.len, &out, err, sizeof(err)), 0);
     const char *field = out.s + strlen("X-Before: kept\r\n");
     size_t flen = out.len - strlen("X-Before: kept\r\n");
     check_folding(field, flen);
@@ -861,14 +869,77 @@ static void test_sign_verify(void **state)
     struct strbuf b64;
     sb_init(&b64);
     char err[256];
-    assert_int_equal(dkim_sig_compute(k->rsa_pub, DKIM_ALG_RSA_SHA256, "a", 1, "b", 1, &b64, err, sizeof(err)), -1);
+    assert_int_equal(dkim_sig_compute(k->rsa_pub, NULL, DKIM_ALG_RSA_SHA256, "a", 1, "b", 1, &b64, err, sizeof(err)), -1);
     assert_true(strncmp(err, "sign_failed", 11) == 0);
     assert_int_equal(ERR_peek_error(), 0);
-    assert_int_equal(dkim_sig_compute(k->ed, DKIM_ALG_RSA_SHA256, "a", 1, "b", 1, &b64, err, sizeof(err)), -1);
+    assert_int_equal(dkim_sig_compute(k->ed, NULL, DKIM_ALG_RSA_SHA256, "a", 1, "b", 1, &b64, err, sizeof(err)), -1);
     assert_string_equal(err, "key_type");
-    assert_int_equal(dkim_sig_compute(NULL, DKIM_ALG_RSA_SHA256, "a", 1, "b", 1, &b64, err, sizeof(err)), -1);
+    assert_int_equal(dkim_sig_compute(NULL, NULL, DKIM_ALG_RSA_SHA256, "a", 1, "b", 1, &b64, err, sizeof(err)), -1);
     assert_string_equal(err, "no_key");
     assert_int_equal(b64.len, 0);
+    sb_free(&b64);
+}
+
+/* libsodium signs Ed25519 (dkim_sig_compute): the same bytes as OpenSSL's
+ * EVP_DigestSign over the SHA-256 of the data, with the prepared key, with
+ * the key derived per call, and with the prepared key alone. */
+static void test_ed25519_libsodium(void **state)
+{
+    struct keys *k = *state;
+    unsigned char sk[DKIM_ED25519_SK_LEN];
+    assert_int_equal(dkim_ed25519_secret(k->ed, sk), 0);
+    unsigned char bad[DKIM_ED25519_SK_LEN];
+    memset(bad, 0xa5, sizeof(bad));
+    assert_int_equal(dkim_ed25519_secret(k->rsa, bad), -1);
+    for (size_t i = 0; i < sizeof(bad); i++)
+        assert_int_equal(bad[i], 0); /* wiped on failure */
+    EVP_PKEY *edpub = public_only(k->ed);
+    assert_int_equal(dkim_ed25519_secret(edpub, bad), -1);
+    EVP_PKEY_free(edpub);
+    assert_int_equal(ERR_peek_error(), 0);
+
+    char hdrs[300], sigf[200];
+    for (int round = 0; round < 32; round++) {
+        size_t hlen = (size_t)(round * 9) % sizeof(hdrs), slen = (size_t)(round * 5) % sizeof(sigf);
+        for (size_t i = 0; i < hlen; i++)
+            hdrs[i] = (char)(' ' + (i * 7 + (size_t)round) % 90);
+        for (size_t i = 0; i < slen; i++)
+            sigf[i] = (char)(' ' + (i * 3 + (size_t)round * 11) % 90);
+        unsigned char d[32], want[64];
+        unsigned int dlen = 0;
+        size_t wlen = sizeof(want);
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        assert_non_null(ctx);
+        assert_int_equal(EVP_DigestInit_ex(ctx, EVP_sha256(), NULL), 1);
+        assert_int_equal(EVP_DigestUpdate(ctx, hdrs, hlen), 1);
+        assert_int_equal(EVP_DigestUpdate(ctx, sigf, slen), 1);
+        assert_int_equal(EVP_DigestFinal_ex(ctx, d, &dlen), 1);
+        assert_int_equal(EVP_MD_CTX_reset(ctx), 1);
+        assert_int_equal(EVP_DigestSignInit(ctx, NULL, NULL, NULL, k->ed), 1);
+        assert_int_equal(EVP_DigestSign(ctx, want, &wlen, d, dlen), 1);
+        EVP_MD_CTX_free(ctx);
+        char wantb[100];
+        b64_encode(want, wlen, wantb, sizeof(wantb));
+
+        char err[256];
+        EVP_PKEY *keys[3] = {k->ed, k->ed, NULL};
+        const unsigned char *sks[3] = {sk, NULL, sk};
+        for (int j = 0; j < 3; j++) {
+            struct strbuf b64;
+            sb_init(&b64);
+            assert_int_equal(dkim_sig_compute(keys[j], sks[j], DKIM_ALG_ED25519_SHA256, hdrs, hlen, sigf, slen, &b64,
+                                              err, sizeof(err)),
+                             0);
+            assert_string_equal(b64.s, wantb);
+            sb_free(&b64);
+        }
+    }
+    /* neither key form: no key */
+    struct strbuf b64;
+    sb_init(&b64);
+    char err[256];
+    assert_int_equal(dkim_sig_compute(NULL, NULL, DKIM_ALG_ED25519_SHA256, "a", 1, "b", 1, &b64, err, sizeof(err)), -1);
+    assert_string_equal(err, "no_key");
     sb_free(&b64);
 }
 
@@ -892,6 +963,8 @@ static void hookfx_init(struct hookfx *x, EVP_PKEY *rsa, EVP_PKEY *ed, enum dkim
     x->cfg.hostname = "mx.example.com";
     x->keys[0] = (struct dkim_key_cfg){.selector = "rsa1", .alg = DKIM_ALG_RSA_SHA256, .pkey = rsa};
     x->keys[1] = (struct dkim_key_cfg){.selector = "ed1", .alg = DKIM_ALG_ED25519_SHA256, .pkey = ed};
+    if (ed) /* as config_load prepares it */
+        assert_int_equal(dkim_ed25519_secret(ed, x->keys[1].ed_sk), 0);
     static const char *const names[] = {"from", "to", "subject", "date", "message-id", "received"};
     for (size_t i = 0; i < ARRAY_LEN(names); i++)
         x->headers[i] = (char *)names[i];
@@ -1195,6 +1268,7 @@ int main(void)
         cmocka_unit_test(test_rfc8463_rsa),
         cmocka_unit_test(test_template_layout),
         cmocka_unit_test(test_sign_verify),
+        cmocka_unit_test(test_ed25519_libsodium),
         cmocka_unit_test(test_hook_end_to_end),
         cmocka_unit_test(test_hook_shapes),
         cmocka_unit_test(test_hook_failures),
