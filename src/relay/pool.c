@@ -3,9 +3,15 @@
  * in total against max-connections-per-host / max-connections; keeps idle
  * connections per destination for reuse until idle-timeout or
  * max-messages-per-connection; a thread that finds no free slot waits on a
- * condition variable up to limit-wait. When the total is full but another
- * destination has idle connections, the oldest of them is closed to make
- * room. Connections are closed (QUIT) outside the lock. */
+ * in a FIFO of waiters up to limit-wait. When the total is full but
+ * another destination has idle connections, the oldest of them is closed to
+ * make room. Connections are closed (QUIT) outside the lock.
+ *
+ * Each waiter sleeps on its own condition variable, and a release wakes
+ * only the waiter that can use what it frees (the first one for the same
+ * destination, else the first one whose destination has room): with 16
+ * delivery threads and 5 connections to one smarthost, a broadcast woke
+ * eleven threads per message so that one could go on. */
 #include "relay/relay.h"
 
 #include <stdlib.h>
@@ -18,9 +24,17 @@ struct pdest {
     struct relay_conn *idle; /* most recently used first */
 };
 
+/* A thread waiting in relay_pool_acquire (on its stack, in p->waiters). */
+struct pwaiter {
+    const char *key;
+    pthread_cond_t cv;
+    int woken;
+    struct pwaiter *next;
+};
+
 struct relay_pool {
     pthread_mutex_t mu;
-    pthread_cond_t cv;
+    struct pwaiter *waiters; /* oldest first */
     unsigned max_total, max_dest, max_msgs, idle_ms, wait_ms;
     unsigned total;
     struct pdest *d;
@@ -31,11 +45,6 @@ struct relay_pool *relay_pool_new(const struct relay_opts *o)
 {
     struct relay_pool *p = xcalloc(1, sizeof(*p));
     pthread_mutex_init(&p->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&p->cv, &ca);
-    pthread_condattr_destroy(&ca);
     p->max_total = o->max_conn ? o->max_conn : 1;
     p->max_dest = o->max_conn_per_dest ? o->max_conn_per_dest : 1;
     p->max_msgs = o->max_msgs_per_conn ? o->max_msgs_per_conn : 1;
@@ -61,7 +70,6 @@ void relay_pool_free(struct relay_pool *p)
         close_list(p->d[i].idle);
     free(p->d);
     pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->cv);
     free(p);
 }
 
@@ -150,6 +158,27 @@ static int evict_other(struct relay_pool *p, const char *key, struct relay_conn 
     return 1;
 }
 
+/* Wakes the first waiter for `key` (an idle connection or a slot of that
+ * destination was freed); with any_room also, failing that, the first
+ * waiter whose destination is below max-connections-per-host (a slot of
+ * the total was freed). Under the lock. */
+static void wake_one(struct relay_pool *p, const char *key, int any_room)
+{
+    struct pwaiter *pick = NULL;
+    for (struct pwaiter *w = p->waiters; w && !pick; w = w->next)
+        if (!w->woken && key && strcmp(w->key, key) == 0)
+            pick = w;
+    for (struct pwaiter *w = p->waiters; w && !pick && any_room; w = w->next) {
+        const struct pdest *d = find(p, w->key);
+        if (!w->woken && (!d || d->count < p->max_dest || d->idle))
+            pick = w;
+    }
+    if (pick) {
+        pick->woken = 1;
+        pthread_cond_signal(&pick->cv);
+    }
+}
+
 int relay_pool_acquire(struct relay_pool *p, const char *key, struct relay_conn **conn)
 {
     *conn = NULL;
@@ -157,8 +186,11 @@ int relay_pool_acquire(struct relay_pool *p, const char *key, struct relay_conn 
     int r = -1;
     pthread_mutex_lock(&p->mu);
     uint64_t deadline = now_ms() + p->wait_ms;
+    struct pwaiter me = {.key = key};
+    int queued = 0;
     for (;;) {
         uint64_t now = now_ms();
+        unsigned before = p->total;
         reap(p, now, &dead);
         struct pdest *d = find(p, key);
         if (d && d->idle) {
@@ -179,10 +211,35 @@ int relay_pool_acquire(struct relay_pool *p, const char *key, struct relay_conn 
             if (evict_other(p, key, &dead))
                 continue;
         }
+        if (p->total < before)
+            wake_one(p, NULL, 1); /* reaping freed room another waiter may use */
         if (now >= deadline)
             break;
+        if (!queued) {
+            pthread_condattr_t ca;
+            pthread_condattr_init(&ca);
+            pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+            pthread_cond_init(&me.cv, &ca);
+            pthread_condattr_destroy(&ca);
+            struct pwaiter **pp = &p->waiters;
+            while (*pp)
+                pp = &(*pp)->next;
+            *pp = &me;
+            queued = 1;
+        }
+        me.woken = 0;
         struct timespec ts = {.tv_sec = (time_t)(deadline / 1000), .tv_nsec = (long)(deadline % 1000) * 1000000L};
-        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+        pthread_cond_timedwait(&me.cv, &p->mu, &ts);
+    }
+    if (queued) {
+        struct pwaiter **pp = &p->waiters;
+        while (*pp != &me)
+            pp = &(*pp)->next;
+        *pp = me.next;
+        /* a wake-up meant for us that we did not use goes to the next one */
+        if (me.woken && r < 0)
+            wake_one(p, key, 1);
+        pthread_cond_destroy(&me.cv);
     }
     pthread_mutex_unlock(&p->mu);
     close_list(dead);
@@ -199,6 +256,7 @@ void relay_pool_release(struct relay_pool *p, const char *key, struct relay_conn
         conn->idle_since_ms = now_ms();
         conn->next = d->idle;
         d->idle = conn;
+        wake_one(p, key, 1); /* or a waiter that will evict it for room */
     } else {
         dead = conn;
         quit = reusable;
@@ -207,8 +265,8 @@ void relay_pool_release(struct relay_pool *p, const char *key, struct relay_conn
             p->total--;
             drop_if_empty(p, d);
         }
+        wake_one(p, key, 1);
     }
-    pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     if (dead)
         relay_close(dead, quit);

@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -596,6 +597,80 @@ static void test_pool(void **state)
     relay_pool_free(p);
 }
 
+/* Threads blocked in relay_pool_acquire: each release wakes one that can
+ * use it (limit-wait is 10 s: a wake-up that went missing shows as a
+ * timeout, -1, or as a run of several seconds). */
+struct pool_waiter {
+    struct relay_pool *p;
+    const char *key;
+    int rc;
+    struct relay_conn *got;
+    int release_after; /* put the connection back (idle) when done */
+};
+
+static void *pool_waiter_main(void *arg)
+{
+    struct pool_waiter *w = arg;
+    w->rc = relay_pool_acquire(w->p, w->key, &w->got);
+    if (w->release_after && w->rc >= 0) {
+        usleep(2000);
+        struct relay_conn *c = w->got ? w->got : fake_conn(w->key);
+        c->nmsgs = 0;
+        relay_pool_release(w->p, w->key, c, 1);
+        w->got = c;
+    }
+    return NULL;
+}
+
+static void test_pool_waiters(void **state)
+{
+    struct relay_opts o = {.max_conn = 2, .max_conn_per_dest = 1, .max_msgs_per_conn = 1000, .idle_ms = 3600000,
+                           .limit_wait_ms = 10000};
+    struct relay_pool *p = relay_pool_new(&o);
+    struct relay_conn *c;
+    uint64_t t0 = now_ms();
+    /* A is full: eight threads queue for it and take turns with the one
+     * connection, each putting it back idle for the next */
+    assert_int_equal(relay_pool_acquire(p, "A", &c), 0);
+    struct pool_waiter w[8];
+    pthread_t th[8];
+    for (int i = 0; i < 8; i++) {
+        w[i] = (struct pool_waiter){.p = p, .key = "A", .release_after = 1};
+        assert_int_equal(pthread_create(&th[i], NULL, pool_waiter_main, &w[i]), 0);
+    }
+    usleep(20000);
+    struct relay_conn *a = fake_conn("A");
+    relay_pool_release(p, "A", a, 1);
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(w[i].rc, 1); /* the idle connection, handed on */
+        assert_ptr_equal(w[i].got, a);
+    }
+    /* the total is full (A and B busy): a waiter for C is woken when A's
+     * connection goes idle, and evicts it for room; a waiter for D is woken
+     * when B's slot frees */
+    assert_int_equal(relay_pool_acquire(p, "B", &c), 0);
+    struct pool_waiter wc = {.p = p, .key = "C"};
+    pthread_t tc;
+    assert_int_equal(relay_pool_acquire(p, "A", &c), 1); /* A busy again */
+    assert_int_equal(pthread_create(&tc, NULL, pool_waiter_main, &wc), 0);
+    usleep(20000);
+    relay_pool_release(p, "A", c, 1); /* idle A: C evicts it */
+    pthread_join(tc, NULL);
+    assert_int_equal(wc.rc, 0);
+    struct pool_waiter wd = {.p = p, .key = "D"};
+    pthread_t td;
+    assert_int_equal(pthread_create(&td, NULL, pool_waiter_main, &wd), 0);
+    usleep(20000);
+    relay_pool_release(p, "B", NULL, 0); /* B's slot frees: D takes it */
+    pthread_join(td, NULL);
+    assert_int_equal(wd.rc, 0);
+    assert_true(now_ms() - t0 < 5000);
+    relay_pool_release(p, "C", fake_conn("C"), 1);
+    relay_pool_release(p, "D", fake_conn("D"), 1);
+    relay_pool_free(p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -607,6 +682,7 @@ int main(void)
         cmocka_unit_test(test_creds),        cmocka_unit_test(test_opts_smarthost),
         cmocka_unit_test(test_opts_errors),  cmocka_unit_test(test_opts_mx),
         cmocka_unit_test(test_auth_file_mode), cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_pool_waiters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
