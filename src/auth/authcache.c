@@ -19,7 +19,10 @@ struct slot {
 
 struct authcache {
     uint8_t key[32];
-    EVP_MAC *mac; /* fetched once; contexts are made per call */
+    EVP_MAC *mac;       /* fetched once */
+    EVP_MAC_CTX *keyed; /* HMAC-SHA256 with the key absorbed; never updated
+                           itself: each call updates a copy (a fresh init
+                           would fetch SHA-256 and hash the key again) */
     size_t mask;
     struct slot *slots;
     _Atomic uint64_t ttl_ms;
@@ -36,7 +39,10 @@ struct authcache *authcache_new(size_t slots, uint64_t ttl_ms)
     c->slots = xcalloc(n, sizeof(*c->slots));
     atomic_store(&c->ttl_ms, ttl_ms);
     c->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    if (random_bytes(c->key, sizeof(c->key)) != 0 || !c->mac)
+    c->keyed = c->mac ? EVP_MAC_CTX_new(c->mac) : NULL;
+    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0), OSSL_PARAM_END};
+    if (random_bytes(c->key, sizeof(c->key)) != 0 || !c->keyed ||
+        !EVP_MAC_init(c->keyed, c->key, sizeof(c->key), params))
         atomic_store(&c->ttl_ms, 0); /* no good key or no HMAC: never cache */
     for (int i = 0; i < STRIPES; i++)
         pthread_mutex_init(&c->locks[i], NULL);
@@ -48,6 +54,7 @@ void authcache_free(struct authcache *c)
     if (!c)
         return;
     mem_wipe(c->key, sizeof(c->key));
+    EVP_MAC_CTX_free(c->keyed);
     EVP_MAC_free(c->mac);
     free(c->slots);
     for (int i = 0; i < STRIPES; i++)
@@ -59,11 +66,9 @@ static int digest(const struct authcache *c, const char *login, const char *pass
                   uint8_t out[32])
 {
     /* login NUL password NUL hash, fed piecewise (no copy of the secret) */
-    EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(c->mac);
-    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0), OSSL_PARAM_END};
+    EVP_MAC_CTX *ctx = c->keyed ? EVP_MAC_CTX_dup(c->keyed) : NULL;
     size_t len = 0;
-    int ok = ctx && EVP_MAC_init(ctx, c->key, sizeof(c->key), params) &&
-             EVP_MAC_update(ctx, (const unsigned char *)login, strlen(login) + 1) &&
+    int ok = ctx && EVP_MAC_update(ctx, (const unsigned char *)login, strlen(login) + 1) &&
              EVP_MAC_update(ctx, (const unsigned char *)password, strlen(password) + 1) &&
              EVP_MAC_update(ctx, (const unsigned char *)hash, strlen(hash)) && EVP_MAC_final(ctx, out, &len, 32) &&
              len == 32;

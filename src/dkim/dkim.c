@@ -10,6 +10,7 @@
 #include <openssl/evp.h>
 #include <sodium.h>
 
+#include "core/digest.h"
 #include "dkim/dkim.h"
 #include "smtp/parse.h"
 
@@ -214,7 +215,7 @@ int dkim_body_init(struct dkim_body *b, enum dkim_canon c)
     memset(b, 0, offsetof(struct dkim_body, out));
     b->canon = c;
     b->md = EVP_MD_CTX_new();
-    if (!b->md || EVP_DigestInit_ex(b->md, EVP_sha256(), NULL) != 1) {
+    if (!b->md || EVP_DigestInit_ex2(b->md, sha256_md(), NULL) != 1) {
         b->failed = 1;
         ERR_clear_error();
         return -1;

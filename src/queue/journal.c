@@ -18,7 +18,9 @@
 
 #include <openssl/evp.h>
 
+#include "core/digest.h"
 #include "core/log.h"
+#include "queue/spool_int.h"
 
 #define SEG_MAGIC "SDJSEG01"
 #define REC_MAGIC "SDJREC01"
@@ -136,7 +138,7 @@ static void rec_sum(const unsigned char *hdr, const struct iovec *iov, int iovcn
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int mdlen = 0;
     EVP_MD_CTX *c = EVP_MD_CTX_new();
-    int ok = c && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 && EVP_DigestUpdate(c, hdr + 16, 24) == 1;
+    int ok = c && EVP_DigestInit_ex2(c, sha256_md(), NULL) == 1 && EVP_DigestUpdate(c, hdr + 16, 24) == 1;
     for (int i = 0; ok && i < iovcnt; i++)
         ok = EVP_DigestUpdate(c, iov[i].iov_base, iov[i].iov_len) == 1;
     if (!ok || EVP_DigestFinal_ex(c, md, &mdlen) != 1 || mdlen < REC_SUM_LEN)
@@ -147,9 +149,8 @@ static void rec_sum(const unsigned char *hdr, const struct iovec *iov, int iovcn
 
 static void seg_hdr_sum(const unsigned char *hdr, unsigned char out[32])
 {
-    unsigned int mdlen = 0;
-    if (EVP_Digest(hdr, 24, out, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32)
-        memset(out, 0, 32);
+    struct iovec v = {.iov_base = (void *)hdr, .iov_len = 24};
+    sha256_iov(&v, 1, out);
 }
 
 /* pwritev until everything is written; iov is modified. */

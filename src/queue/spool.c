@@ -24,6 +24,7 @@
 
 #include <openssl/evp.h>
 
+#include "core/digest.h"
 #include "core/log.h"
 #include "queue/gsync.h"
 #include "queue/journal.h"
@@ -502,10 +503,9 @@ void spool_writer_abort(struct spool_writer *w)
 static void sha256_hex(const void *data, size_t n, char out[65])
 {
     static const char hex[] = "0123456789abcdef";
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    if (EVP_Digest(data, n, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen != 32)
-        memset(md, 0, 32); /* cannot happen with a working libcrypto; verify then fails */
+    unsigned char md[32];
+    struct iovec v = {.iov_base = (void *)data, .iov_len = n};
+    sha256_iov(&v, 1, md);
     for (int i = 0; i < 32; i++) {
         out[2 * i] = hex[md[i] >> 4];
         out[2 * i + 1] = hex[md[i] & 15];
