@@ -29,6 +29,7 @@ unsigned relay_ehlo_ext(const struct smtp_reply *r, uint64_t *size_max)
     } simple[] = {
         {"PIPELINING", EXT_PIPELINING}, {"8BITMIME", EXT_8BITMIME}, {"SMTPUTF8", EXT_SMTPUTF8},
         {"DSN", EXT_DSN},               {"STARTTLS", EXT_STARTTLS}, {"ENHANCEDSTATUSCODES", EXT_ENHANCED},
+        {"CHUNKING", EXT_CHUNKING},
     };
     unsigned ext = 0;
     *size_max = 0;
@@ -508,6 +509,27 @@ static int stream_out(void *arg, const void *buf, size_t n)
     return r;
 }
 
+static int collect_out(void *arg, const void *buf, size_t n)
+{
+    struct strbuf *b = arg;
+    if (b->len + n > RELAY_BDAT_MAX + 2) /* the message grew since its size was read: use DATA */
+        return -1;
+    sb_append(b, buf, n);
+    return 0;
+}
+
+/* The whole delivered form of a message for one `BDAT n LAST` (no dot-
+ * stuffing), ending with CRLF like the DATA path makes it. 0, or -1 (a
+ * spool read failed or it is larger than RELAY_BDAT_MAX: use DATA). */
+static int load_for_bdat(struct spool_msg *m, struct strbuf *body)
+{
+    if (transport_stream(m, 0, collect_out, body) != 0)
+        return -1;
+    if (body->len > 0 && body->s[body->len - 1] != '\n')
+        sb_append(body, "\r\n", 2);
+    return 0;
+}
+
 /* Every recipient i without a final result (done[i] == 0) gets res. */
 static void fill_open(struct delivery_result *res, const int *done, size_t n, const struct delivery_result *r)
 {
@@ -566,6 +588,9 @@ enum relay_tx relay_transaction(struct relay_conn *rc, const struct relay_opts *
     struct smtp_reply r;
     int pipelining = (rc->ext & EXT_PIPELINING) != 0;
     const char *stage = "MAIL FROM";
+    struct strbuf body;
+    sb_init(&body);
+    int bdat = pipelining && (rc->ext & EXT_CHUNKING) && size <= RELAY_BDAT_MAX && load_for_bdat(m, &body) == 0;
 
     relay_mail_cmd(e, rc->ext, size, &cmd);
     sb_append(&cmd, "\r\n", 2);
@@ -575,7 +600,12 @@ enum relay_tx relay_transaction(struct relay_conn *rc, const struct relay_opts *
             relay_rcpt_cmd(&e->rcpts[rcpts[i]], rc->ext, &cmd);
             sb_append(&cmd, "\r\n", 2);
         }
-        sb_puts(&cmd, "DATA\r\n");
+        if (bdat) {
+            sb_printf(&cmd, "BDAT %zu LAST\r\n", body.len);
+            sb_append(&cmd, body.s ? body.s : "", body.len);
+        } else {
+            sb_puts(&cmd, "DATA\r\n");
+        }
     }
     if (smtpc_write(c, cmd.s, cmd.len) != 0 || smtpc_read_reply(c, &r) != 0)
         goto broken;
@@ -612,8 +642,36 @@ enum relay_tx relay_transaction(struct relay_conn *rc, const struct relay_opts *
                 goto broken;
         }
     }
+    if (bdat) {
+        /* the reply to BDAT LAST is the end-of-data reply; with MAIL or
+         * every RCPT refused it is an error that ends nothing */
+        stage = "BDAT";
+        c->timeout_ms = (int)o->data_timeout_ms;
+        int rr = smtpc_read_reply(c, &r);
+        c->timeout_ms = (int)o->command_timeout_ms;
+        if (rr != 0 && naccepted > 0) {
+            relay_result_set(&fr, DR_TEMP, "451 4.4.2",
+                             "%s: no reply after the end of the message: %s (%s); it may have been delivered", w,
+                             c->errtext, smtpc_err_name(c->err));
+            fill_open(res, done, n, &fr);
+            tx = TX_UNCERTAIN;
+            goto out_close;
+        }
+        if (rr != 0)
+            goto broken;
+        if (naccepted > 0 && result_accepted(rc, &r, "end of data", res, done, accepted, n))
+            goto broken;
+        if (r.code == 421)
+            goto broken;
+        /* RFC 3030 2: after a refused chunk the state of the transaction is
+         * the server's guess; only a 2xx surely ended it (else RSET first
+         * when the connection is used again) */
+        if (r.code / 100 == 2)
+            rc->clean = 1;
+        naccepted = 0; /* sent: the DATA path below has nothing to do */
+    }
     stage = "DATA";
-    if (pipelining || naccepted > 0) {
+    if (!bdat && (pipelining || naccepted > 0)) {
         if (!pipelining && smtpc_cmd(c, "DATA") != 0)
             goto broken;
         if (smtpc_read_reply(c, &r) != 0)
@@ -695,6 +753,7 @@ out_close:
           rc->peer, log_q(qs, sizeof(qs), stage), log_q(qr, sizeof(qr), fr.text));
 out:
     sb_free(&cmd);
+    sb_free(&body);
     free(done);
     free(accepted);
     return tx;

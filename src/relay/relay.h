@@ -107,7 +107,14 @@ enum {
     EXT_AUTH_PLAIN = 1 << 6,
     EXT_AUTH_LOGIN = 1 << 7,
     EXT_ENHANCED = 1 << 8,
+    EXT_CHUNKING = 1 << 9,
 };
+
+/* Messages up to this size (the delivered form) go with BDAT when the
+ * server offers CHUNKING and PIPELINING: MAIL, RCPT, `BDAT n LAST` and the
+ * message in one write, one round trip (RFC 3030). Larger ones use DATA,
+ * streamed, rather than being held in memory whole. */
+#define RELAY_BDAT_MAX (256 * 1024)
 
 /* Extension bits of an EHLO reply; *size_max = the SIZE value (0 = none). */
 unsigned relay_ehlo_ext(const struct smtp_reply *r, uint64_t *size_max);

@@ -822,11 +822,13 @@ class Receiver:
         auth_exclude: mechanisms not offered (e.g. ["PLAIN"])
       rcpt_replies: {address: "550 5.1.1 ..."}
       data_replies: replies for successive DATA (then 250)
-      pipelining, dsn: announce PIPELINING / DSN in the EHLO reply."""
+      pipelining, dsn: announce PIPELINING / DSN in the EHLO reply
+      chunking: announce CHUNKING and take BDAT (RFC 3030; aiosmtpd has
+        no BDAT of its own); bdat_commands records each BDAT argument."""
 
     def __init__(self, host="127.0.0.1", port=None, *, certs=None, tls=None, auth=None,
                  auth_require_tls=True, auth_exclude=(), rcpt_replies=None, data_replies=(), pipelining=True,
-                 dsn=True):
+                 dsn=True, chunking=False):
         import ssl as _ssl
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import SMTP, AuthResult
@@ -841,12 +843,15 @@ class Receiver:
         self.data_calls = 0
         self.pipelining = pipelining
         self.dsn = dsn
+        self.chunking = chunking
+        self.bdat_commands = []
         rx = self
 
         class Handler:
             async def handle_EHLO(self, server, session, envelope, hostname, responses):
                 session.host_name = hostname
-                extra = (["250-PIPELINING"] if rx.pipelining else []) + (["250-DSN"] if rx.dsn else [])
+                extra = (["250-PIPELINING"] if rx.pipelining else []) + (["250-DSN"] if rx.dsn else []) + \
+                    (["250-CHUNKING"] if rx.chunking else [])
                 return responses[:-1] + extra + responses[-1:]
 
             async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -893,6 +898,28 @@ class Receiver:
                     for k in ("RET", "ENVID", "NOTIFY", "ORCPT"):
                         got.pop(k, None)
                 return got
+
+            async def smtp_BDAT(self, arg):
+                # RFC 3030: the chunk's bytes follow the command line at once
+                m = re.fullmatch(r"(\d{1,12})( +LAST)?", arg or "", re.I)
+                if not rx.chunking or not m:
+                    await self.push("501 5.5.4 Syntax: BDAT size [LAST]")
+                    self.transport.close()  # the chunk's length is unknown: the stream is lost
+                    return
+                size = int(m.group(1))
+                data = await self._reader.readexactly(size) if size else b""
+                rx.bdat_commands.append(arg)
+                if not self.envelope.rcpt_tos:
+                    await self.push("503 5.5.1 Error: need RCPT command")
+                    return
+                self.envelope.bdat = getattr(self.envelope, "bdat", b"") + data
+                if not m.group(2):
+                    await self.push(f"250 2.0.0 {size} octets received")
+                    return
+                self.envelope.original_content = self.envelope.content = self.envelope.bdat
+                status = await self._call_handler_hook("DATA")
+                self._set_post_data_state()
+                await self.push(status)
 
         class RecvController(Controller):
             def factory(self):

@@ -2,6 +2,7 @@
 a 2-second loadgen run against the daemon over STARTTLS + AUTH PLAIN with
 zero errors and every counted message in the Maildir, the same over implicit
 TLS pipelined, the same against the sink without TLS (its counter matches),
+the sink's BDAT (chunks split across writes, a malformed one),
 idle mode holding TLS sessions, a rejected AUTH counted as errors, and
 loadgen's reply parser against a scripted server that splits its replies
 (and one whose reply line is too long).
@@ -73,6 +74,50 @@ def test_loadgen_against_sink_plain(tmp_path):
     final = dict(kv.split("=") for kv in stats.read_text().split())
     assert int(final["msgs"]) >= r["msgs"] and int(final["rcpts"]) == int(final["msgs"])
     assert int(final["open"]) == 0
+
+
+def test_sink_bdat(tmp_path):
+    """The sink offers CHUNKING: chunks split across writes are counted to
+    the byte, BDAT LAST ends the message, a malformed BDAT closes."""
+    port = free_port()
+    stats = tmp_path / "sink.stats"
+    sink = subprocess.Popen([str(SINK), "-l", f"127.0.0.1:{port}", "-s", str(stats)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: stats.exists(), 10 * SLOW, what="sink stats file")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            f = s.makefile("rb")
+
+            def reply():
+                lines = []
+                while True:
+                    line = f.readline()
+                    assert line, "the sink closed the connection"
+                    lines.append(line)
+                    if line[3:4] == b" ":
+                        return b"".join(lines)
+            assert reply().startswith(b"220")
+            s.sendall(b"EHLO t\r\n")
+            assert b"250-CHUNKING\r\n" in reply()
+            s.sendall(b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nBDAT 10\r\n01234")
+            assert reply().startswith(b"250") and reply().startswith(b"250")
+            time.sleep(0.1)
+            s.sendall(b"56789BDAT 8 LAST\r\nBDAT")  # a chunk that looks like a command, split
+            assert reply() == b"250 2.0.0 Ok: chunk\r\n"
+            s.sendall(b" 9\r\n")
+            assert reply() == b"250 2.0.0 Ok: discarded\r\n"
+            s.sendall(b"BDAT nine\r\n")
+            assert reply().startswith(b"501 5.5.4")
+            assert f.readline() == b""  # closed: the rest of the stream cannot be followed
+
+        def counted():
+            t = dict(kv.split("=") for kv in stats.read_text().split())
+            return t if int(t["msgs"]) == 1 and int(t["open"]) == 0 else None
+        final = wait_until(counted, 5 * SLOW, what="the sink to count the message")
+        assert int(final["bytes"]) == 18 and int(final["rcpts"]) == 1, final
+    finally:
+        sink.terminate()
+        assert sink.wait(10) == 0
 
 
 def test_loadgen_idle_sessions(make_daemon):

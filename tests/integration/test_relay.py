@@ -229,6 +229,54 @@ def test_smarthost_without_starttls_refused_unless_optional(make_daemon, receive
     d.wait_log(rf"event=delivered qid={qid} ", since=mark)
 
 
+def test_smarthost_bdat(make_daemon, receivers, certs):
+    """A server offering CHUNKING and PIPELINING gets MAIL, RCPT, `BDAT n
+    LAST` and the message (not dot-stuffed) in one write; the reply to BDAT
+    is the end-of-data reply: 250 delivers, 4xx defers (then the retry is
+    delivered); a refused RCPT stays refused; every RCPT refused leaves the
+    BDAT error meaningless; the connection stays in use throughout."""
+    rx = receivers(certs=certs, tls="starttls", chunking=True,
+                   rcpt_replies={"nobody@relay.test": "550 5.1.1 no such user",
+                                 "gone@relay.test": "550 5.1.1 gone"},
+                   data_replies=["250 2.0.0 first", "452 4.3.1 full, try later"])
+    d = make_daemon(queue=QUEUE, extra=smarthost_block(f"smtp://127.0.0.1:{rx.port}",
+                                                       [f"ca-file {certs['ecdsa_crt']}"]))
+    qid1, msg1 = submit(d, ["bob@relay.test", "nobody@relay.test"], subject="chunked")
+    m1 = rx.wait_messages(1)[0]
+    assert_relayed(m1, ALICE, ["bob@relay.test"], msg1, qid1)
+    assert b"\r\n.a line starting with a dot\r\n" in m1["data"]
+    assert rx.bdat_commands == [f"{len(m1['data'])} LAST"], rx.bdat_commands
+    one = [c for c in rx.chunks if b"MAIL FROM:" in c]
+    assert len(one) == 1 and b"RCPT TO:<nobody@relay.test>" in one[0] and \
+        one[0].endswith(b"BDAT %d LAST\r\n" % len(m1["data"]) + m1["data"]), one
+    assert not any(b"DATA\r\n" in c for c in rx.chunks), rx.chunks
+    failed = d.wait_log(rf"event=failed qid={qid1} rcpt=nobody@relay.test ")
+    assert "550 5.1.1" in failed and "reason=permanent" in failed, failed
+    d.wait_log(rf"event=delivered qid={qid1} rcpt=bob@relay.test .*250 2\.0\.0 first")
+    d.wait_log(rf"event=queue\.removed .*qid={qid1}")
+
+    # every recipient refused: the BDAT's 503 ends nothing (the receiver
+    # keeps its MAIL FROM), so the next message on the connection starts
+    # with RSET
+    qid2, _ = submit(d, ["gone@relay.test"], subject="nobody")
+    line = d.wait_log(rf"event=failed qid={qid2} rcpt=gone@relay.test ")
+    assert "550 5.1.1 gone" in line, line
+    assert len(rx.bdat_commands) == 2 and rx.data_calls == 1
+    assert not any(b"RSET" in c for c in rx.chunks)
+
+    # 452 to BDAT LAST: deferred, and the retry (a second BDAT) is delivered
+    qid3, msg3 = submit(d, ["carol@relay.test"], subject="later")
+    deferred = d.wait_log(rf"event=deferred qid={qid3} rcpt=carol@relay.test ")
+    assert "452 4.3.1 full, try later" in deferred, deferred
+    d.wait_log(rf"event=delivered qid={qid3} rcpt=carol@relay.test .*attempts=2", timeout=30)
+    assert_relayed(rx.accepted()[1], ALICE, ["carol@relay.test"], msg3, qid3)
+    assert rx.data_calls == 3 and len(rx.bdat_commands) == 4, rx.bdat_commands
+    assert rx.connections == 1, f"{rx.connections} connections"
+    # RSET after the refused BDAT and after the 452 (a failed chunk), not after a 250
+    assert sum(c.count(b"RSET\r\n") for c in rx.chunks) == 2, rx.chunks
+    d.wait_log(rf"event=queue\.removed .*qid={qid3}")
+
+
 def test_check_reports_option_errors(tmp_path, make_daemon, certs):
     creds = creds_file(tmp_path, "k v\n", 0o644)
     d = make_daemon(start=False, extra=smarthost_block("smtp://relay.example.com", [f"auth-file {creds}"]) + "\n" +

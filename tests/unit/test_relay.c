@@ -282,14 +282,14 @@ static void test_ehlo_ext(void **state)
     static const char *const lines[] = {
         "250-mx.example.net Hello", "250-PIPELINING", "250-SIZE 10240000", "250-8BITMIME",
         "250-AUTH=PLAIN",           "250-AUTH CRAM-MD5 PLAIN", "250-ENHANCEDSTATUSCODES", "250-DSN",
-        "250 STARTTLS",             NULL,
+        "250-CHUNKING",             "250 STARTTLS",          NULL,
     };
     struct smtp_reply *r = xmalloc(sizeof(*r));
     parse_reply(lines, r);
     uint64_t size;
     unsigned ext = relay_ehlo_ext(r, &size);
     assert_int_equal(ext, EXT_PIPELINING | EXT_SIZE | EXT_8BITMIME | EXT_AUTH_PLAIN | EXT_ENHANCED | EXT_DSN |
-                              EXT_STARTTLS);
+                              EXT_STARTTLS | EXT_CHUNKING);
     assert_int_equal(size, 10240000);
     static const char *const bare[] = {"250-PIPELINING.example Hello", "250-AUTH LOGIN", "250 SMTPUTF8", NULL};
     parse_reply(bare, r);
