@@ -343,7 +343,8 @@ int main(int argc, char **argv)
         }
     }
     for (unsigned i = 0; i < srv.nworkers; i++)
-        pthread_create(&srv.workers[i].thread, NULL, worker_main, &srv.workers[i]);
+        if (pthread_create(&srv.workers[i].thread, NULL, worker_main, &srv.workers[i]) == 0)
+            thread_name(srv.workers[i].thread, "loop");
 
     struct main_ctx m = {.srv = &srv, .base = event_base_new()};
     struct event *sigterm = evsignal_new(m.base, SIGTERM, on_term, &m);

@@ -419,6 +419,7 @@ int control_start(struct control *c)
         c->wake[0] = c->wake[1] = -1;
         return -1;
     }
+    thread_name(c->thread, "control");
     c->started = 1;
     char q[LOGQ_MAX];
     logkv(LOG_LVL_INFO, NULL, "control.started", "socket=%s verbs=%zu", log_q(q, sizeof(q), c->path), c->nverbs);

@@ -75,7 +75,6 @@ static void *worker_main(void *arg)
 
 struct jobq *jobq_new(unsigned nthreads, const char *name)
 {
-    (void)name;
     struct jobq *q = xcalloc(1, sizeof(*q));
     pthread_mutex_init(&q->lock, NULL);
     pthread_cond_init(&q->cond, NULL);
@@ -85,6 +84,7 @@ struct jobq *jobq_new(unsigned nthreads, const char *name)
     for (unsigned i = 0; i < nthreads; i++) {
         if (pthread_create(&q->threads[i], NULL, worker_main, q) != 0)
             break;
+        thread_name(q->threads[i], name);
         q->nthreads++;
     }
     if (q->nthreads == 0) {

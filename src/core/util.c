@@ -411,3 +411,10 @@ void sockaddr_text(const struct sockaddr *sa, char *buf, size_t n)
         str_copy(buf, "?", n);
     }
 }
+
+void thread_name(pthread_t t, const char *role)
+{
+    char name[16];
+    snprintf(name, sizeof(name), "submitd-%s", role ? role : "thread");
+    (void)pthread_setname_np(t, name); /* best effort: only diagnostics */
+}

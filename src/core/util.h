@@ -5,6 +5,7 @@
 #define SUBMITD_UTIL_H
 
 #include <stdarg.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -70,6 +71,10 @@ int qid_valid(const char *s);
 
 /* Fills buf with cryptographically random bytes (getrandom). 0 on success. */
 int random_bytes(void *buf, size_t n);
+
+/* Names a thread "submitd-<role>" (cut to the kernel's 15 bytes), so that
+ * top -H, ps -L and perf show what each thread does. */
+void thread_name(pthread_t t, const char *role);
 
 /* RFC 5322 date-time for t in local time, e.g. "Sun, 22 Nov 2026 13:30:39 +0000". */
 void rfc5322_date(time_t t, char *buf, size_t n);

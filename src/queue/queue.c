@@ -867,6 +867,7 @@ int queue_start(struct queue *q)
                   log_q((char[LOGQ_MAX]){0}, LOGQ_MAX, strerror(errno)));
             break;
         }
+        thread_name(q->threads[i], "deliver");
         q->nthreads++;
     }
     logkv(LOG_LVL_INFO, NULL, "queue.started", "threads=%u queued=%zu", q->nthreads, found);
