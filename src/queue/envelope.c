@@ -138,8 +138,12 @@ int spool_get_str(struct spool_cur *c, char **out, const char **why)
             sb_free(&b);
             return -1;
         }
-        sb_append(&b, c->p, 1);
-        c->p++;
+        /* the run of plain bytes up to the next quote, escape or bad byte, at once */
+        const char *run = c->p;
+        while (c->p < c->end && *c->p != '"' && *c->p != '\\' && (unsigned char)*c->p >= 0x20 &&
+               (unsigned char)*c->p < 0x7f)
+            c->p++;
+        sb_append(&b, run, (size_t)(c->p - run));
     }
     *out = sb_steal(&b);
     return 0;
