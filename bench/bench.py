@@ -882,7 +882,8 @@ def render(ctx, results, labels):
 def write_doc(ctx, table, meta):
     path = TOP / "docs" / "performance.md"
     gen = [DOC_BEGIN, "", f"Last run: {meta['date']}, `BENCH_SECONDS={ctx.seconds}`, {ctx.runs} runs per "
-           f"scenario and server (medians), {ctx.conc} concurrent sessions, 1 recipient.", "",
+           f"scenario and server (medians), {ctx.conc} concurrent sessions, 1 recipient, "
+           f"{ctx.client_threads} load-client thread{'s' if ctx.client_threads != 1 else ''}.", "",
            "| | |", "|---|---|",
            f"| machine | {meta['nproc']} cores ({meta['cpu']}), {meta['mem']}, Linux {meta['kernel']} |"]
     for k, v in meta["versions"].items():
@@ -988,7 +989,9 @@ def main():
     ctx.idle = env_int("BENCH_IDLE", 10000)
     # memory is not noisy, and 10,000 handshakes per server take a while
     ctx.idle_runs = env_int("BENCH_IDLE_RUNS", 1)
-    ctx.client_threads = env_int("BENCH_CLIENT_THREADS", 1)
+    # one load-client thread per core: a single thread measured at 70% of a
+    # core in (b) capped every server's handshakes it could start
+    ctx.client_threads = env_int("BENCH_CLIENT_THREADS", os.cpu_count() or 1)
     only = [s.strip() for s in os.environ.get("BENCH_ONLY", "a,b,c,d,e,f,g").split(",") if s.strip()]
     want_servers = [s.strip() for s in os.environ.get("BENCH_SERVERS", "submitd,postfix,haraka").split(",")]
     skipped = os.environ.get("BENCH_SKIP", "").split()  # run.sh could not install these

@@ -9,7 +9,7 @@
 # BENCH_RUNS (3), BENCH_ONLY (comma list of scenarios, default a,b,c,d,e,f,g),
 # BENCH_SERVERS (default submitd,postfix,haraka), BENCH_CONC (sessions, 50),
 # BENCH_IDLE (sessions held in (d), 10000), BENCH_IDLE_RUNS (1),
-# BENCH_CLIENT_THREADS (loadgen threads, 1), BENCH_NO_DOC=1 (leave
+# BENCH_CLIENT_THREADS (loadgen threads, default one per core), BENCH_NO_DOC=1 (leave
 # docs/performance.md alone), HARAKA_VERSION (3.3.4).
 set -eu
 top=$(cd "$(dirname "$0")/.." && pwd)
