@@ -237,6 +237,11 @@ static void tls_attach(struct io *io, SSL *ssl, int server)
     io->handshaking = 1;
     SSL_set_fd(ssl, io->fd);
     SSL_set_read_ahead(ssl, 1); /* one read per socket chunk, not two per record */
+    /* a peer that closes without close_notify (many SMTP clients do) is an
+     * EOF, not a fatal error: OpenSSL 3 would otherwise send a decode_error
+     * alert and refuse to write the replies still owed (SMTP frames its own
+     * data, so a cut-off stream cannot pass for a complete message) */
+    SSL_set_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     if (server)
         SSL_set_accept_state(ssl);

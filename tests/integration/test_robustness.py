@@ -1,4 +1,6 @@
-"""Robustness: lost connections mid-DATA, 200 concurrent TLS sessions, and
+"""Robustness: lost connections mid-DATA, a client that does not read its
+replies, QUIT and a half-close while a message is committed, 200
+concurrent TLS sessions, and
 garbage of every kind (random bytes, NULs, endless lines, binary DATA,
 TLS to the plaintext port, plaintext to the TLS port). The daemon must
 never die and must keep serving."""
@@ -44,6 +46,54 @@ def test_lost_connection_mid_data(make_daemon):
     assert d.mails(rcpt) == []
     d.assert_alive()
     normal_session_works(d, "after-halfway@dest.test")
+
+
+def test_client_not_reading_replies(make_daemon):
+    """A client that pipelines 30,000 NOOPs and reads nothing for a while:
+    the replies (about 400 KiB) fill the socket, the server stops taking
+    commands until they drain (its memory stays bounded) and then goes on;
+    every reply arrives, in order, over TLS, and the session still works."""
+    d = make_daemon()
+    n = 30000
+    c = d.login(ALICE, pw(ALICE))
+    sender = threading.Thread(target=c.send, args=(b"NOOP\r\n" * n,), daemon=True)
+    sender.start()
+    time.sleep(1.0 * SLOW)  # the server blocks on its output meanwhile
+    for i in range(n):
+        r = c.reply()
+        assert r.code == 250, (i, r)
+    sender.join(30 * SLOW)
+    assert not sender.is_alive()
+    rcpt = "noreader@dest.test"
+    msg = make_msg(ALICE, rcpt, "after-noops")
+    qid = c.send_mail(ALICE, [rcpt], msg)
+    c.check("QUIT", 221)
+    assert_delivered(d.wait_mail(1, rcpt)[0], ALICE, rcpt, msg, qid=qid)
+    d.assert_alive()
+
+
+def test_quit_and_close_during_commit(make_daemon):
+    """The end of DATA, QUIT and the end of the client's sending all in one
+    go: input that arrives while the message is being committed waits; the
+    client still gets the 250 with the queue id, then the 221."""
+    d = make_daemon()
+    rcpt = "halfclose@dest.test"
+    msg = make_msg(ALICE, rcpt, "half-close")
+    c = d.login(ALICE, pw(ALICE))
+    c.check(f"MAIL FROM:<{ALICE}>", 250, "2.1.0")
+    c.check(f"RCPT TO:<{rcpt}>", 250, "2.1.5")
+    c.check("DATA", 354)
+    c.send(dot_stuff(msg) + b".\r\nQUIT\r\n")
+    # half-close the TCP connection under the TLS layer (no close_notify)
+    raw = socket.socket(fileno=os.dup(c.sock.fileno()))
+    raw.shutdown(socket.SHUT_WR)
+    raw.close()
+    r = c.reply()
+    assert r.code == 250 and "queued as" in r.text, r
+    c.expect(221)
+    assert_delivered(d.wait_mail(1, rcpt)[0], ALICE, rcpt, msg)
+    c.close()
+    d.assert_alive()
 
 
 def test_200_concurrent_sessions(make_daemon):
