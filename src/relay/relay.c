@@ -554,6 +554,25 @@ static int result_accepted(const struct relay_conn *rc, const struct smtp_reply 
     return r->code == 421;
 }
 
+/* The reply after the end of the message (DATA's final dot or BDAT
+ * LAST), waited for with the data timeout. When none comes, the open
+ * recipients get a 451 that says the message may have been delivered
+ * (fr is set; returns -1). */
+static int read_end_reply(struct smtpc *c, const struct relay_opts *o, const char *w, struct smtp_reply *r,
+                          struct delivery_result *fr, struct delivery_result *res, const int *done, size_t n)
+{
+    c->timeout_ms = (int)o->data_timeout_ms;
+    int rr = smtpc_read_reply(c, r);
+    c->timeout_ms = (int)o->command_timeout_ms;
+    if (rr == 0)
+        return 0;
+    relay_result_set(fr, DR_TEMP, "451 4.4.2",
+                     "%s: no reply after the end of the message: %s (%s); it may have been delivered", w, c->errtext,
+                     smtpc_err_name(c->err));
+    fill_open(res, done, n, fr);
+    return -1;
+}
+
 enum relay_tx relay_transaction(struct relay_conn *rc, const struct relay_opts *o, struct spool_msg *m,
                                 const size_t *rcpts, size_t n, struct delivery_result *res,
                                 const struct log_ctx *lc)
@@ -646,18 +665,11 @@ enum relay_tx relay_transaction(struct relay_conn *rc, const struct relay_opts *
         /* the reply to BDAT LAST is the end-of-data reply; with MAIL or
          * every RCPT refused it is an error that ends nothing */
         stage = "BDAT";
-        c->timeout_ms = (int)o->data_timeout_ms;
-        int rr = smtpc_read_reply(c, &r);
-        c->timeout_ms = (int)o->command_timeout_ms;
-        if (rr != 0 && naccepted > 0) {
-            relay_result_set(&fr, DR_TEMP, "451 4.4.2",
-                             "%s: no reply after the end of the message: %s (%s); it may have been delivered", w,
-                             c->errtext, smtpc_err_name(c->err));
-            fill_open(res, done, n, &fr);
+        if (naccepted > 0 && read_end_reply(c, o, w, &r, &fr, res, done, n) != 0) {
             tx = TX_UNCERTAIN;
             goto out_close;
         }
-        if (rr != 0)
+        if (naccepted == 0 && smtpc_read_reply(c, &r) != 0)
             goto broken;
         if (naccepted > 0 && result_accepted(rc, &r, "end of data", res, done, accepted, n))
             goto broken;
@@ -708,14 +720,7 @@ enum relay_tx relay_transaction(struct relay_conn *rc, const struct relay_opts *
         }
         if (s.write_failed)
             goto broken;
-        c->timeout_ms = (int)o->data_timeout_ms;
-        int rr = smtpc_read_reply(c, &r);
-        c->timeout_ms = (int)o->command_timeout_ms;
-        if (rr != 0) {
-            relay_result_set(&fr, DR_TEMP, "451 4.4.2",
-                             "%s: no reply after the end of the message: %s (%s); it may have been delivered", w,
-                             c->errtext, smtpc_err_name(c->err));
-            fill_open(res, done, n, &fr);
+        if (read_end_reply(c, o, w, &r, &fr, res, done, n) != 0) {
             tx = TX_UNCERTAIN;
             goto out_close;
         }

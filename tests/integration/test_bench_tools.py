@@ -8,6 +8,7 @@ loadgen's reply parser against a scripted server that splits its replies
 (and one whose reply line is too long).
 Built into SUBMITD_BUILD/bench/ by the Makefile's integration target."""
 
+import contextlib
 import json
 import os
 import socket
@@ -51,13 +52,24 @@ def test_loadgen_against_submitd(make_daemon, tmp_path):
     assert b"The quick brown fox" in sample
 
 
-def test_loadgen_against_sink_plain(tmp_path):
+@contextlib.contextmanager
+def running_sink(tmp_path):
+    """bench/sink on a free port: yields (port, stats file); stopped by PID
+    (SIGTERM, exit status 0) on the way out."""
     port = free_port()
     stats = tmp_path / "sink.stats"
     sink = subprocess.Popen([str(SINK), "-l", f"127.0.0.1:{port}", "-s", str(stats)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_until(lambda: stats.exists(), 10 * SLOW, what="sink stats file")
+        yield port, stats
+    finally:
+        sink.terminate()
+        assert sink.wait(10) == 0
+
+
+def test_loadgen_against_sink_plain(tmp_path):
+    with running_sink(tmp_path) as (port, stats):
         rc, r, err = loadgen(["-p", str(port), "-m", "plain", "-c", "3", "-n", "4", "-s", "5000", "-t", "2",
                               "-P"])
         assert rc == 0 and r["errors"] == 0, err
@@ -68,9 +80,6 @@ def test_loadgen_against_sink_plain(tmp_path):
             n = int(t.split("msgs=")[1].split()[0])
             return n if n >= r["msgs"] else None
         wait_until(counted, 5 * SLOW, what="the sink to count the messages")
-    finally:
-        sink.terminate()
-        assert sink.wait(10) == 0
     final = dict(kv.split("=") for kv in stats.read_text().split())
     assert int(final["msgs"]) >= r["msgs"] and int(final["rcpts"]) == int(final["msgs"])
     assert int(final["open"]) == 0
@@ -79,12 +88,7 @@ def test_loadgen_against_sink_plain(tmp_path):
 def test_sink_bdat(tmp_path):
     """The sink offers CHUNKING: chunks split across writes are counted to
     the byte, BDAT LAST ends the message, a malformed BDAT closes."""
-    port = free_port()
-    stats = tmp_path / "sink.stats"
-    sink = subprocess.Popen([str(SINK), "-l", f"127.0.0.1:{port}", "-s", str(stats)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_until(lambda: stats.exists(), 10 * SLOW, what="sink stats file")
+    with running_sink(tmp_path) as (port, stats):
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             f = s.makefile("rb")
 
@@ -115,9 +119,6 @@ def test_sink_bdat(tmp_path):
             return t if int(t["msgs"]) == 1 and int(t["open"]) == 0 else None
         final = wait_until(counted, 5 * SLOW, what="the sink to count the message")
         assert int(final["bytes"]) == 18 and int(final["rcpts"]) == 1, final
-    finally:
-        sink.terminate()
-        assert sink.wait(10) == 0
 
 
 def test_loadgen_idle_sessions(make_daemon):
