@@ -10,9 +10,10 @@
  * (several io_write calls in one callback become one write, one TLS
  * record), and write interest is added only when the socket is full.
  * Pausing input (io_read_enable(0), e.g. while a message is committed)
- * keeps the read event registered: what arrives meanwhile is buffered (up
- * to IO_PAUSED_MAX, then the event is removed) and handed over when input
- * is enabled again.
+ * keeps the read event registered: what arrives meanwhile is buffered and
+ * handed over when input is enabled again. Input the owner has not taken
+ * is bounded (IO_INPUT_MAX) either way: a client that floods commands and
+ * reads no replies is not read from until the session catches up.
  *
  * Callbacks into the owner (rd, drained, ev) are always the last thing a
  * handler does: the owner may free the io from inside them.
@@ -37,7 +38,11 @@
 
 #define IO_READ_CHUNK 16384
 #define IO_WRITE_CHUNK 16384
-#define IO_PAUSED_MAX (64 * 1024) /* input buffered while paused before reading stops */
+/* Input buffered and not yet taken by the owner (paused, or not taking
+ * commands while its replies are not being read) before reading stops;
+ * it goes on when the owner drains below it. Above the longest line the
+ * session accepts (64 KiB), so a session that runs always makes progress. */
+#define IO_INPUT_MAX (256 * 1024)
 
 struct io {
     struct event_base *base;
@@ -54,6 +59,7 @@ struct io {
     int rev_on;      /* rev is added */
     int wev_on;      /* wev is added */
     int kicked;      /* kick is active */
+    int input_full;  /* reading stopped at IO_INPUT_MAX */
     int eof;         /* the peer closed, or reading failed */
     int eof_told;    /* ... and the owner was told */
     int eof_input_given; /* input buffered before it was handed over once */
@@ -80,13 +86,13 @@ static void tv_ms(struct timeval *tv, unsigned ms)
 }
 
 /* (Re)adds the read event: with the read timeout while the owner wants
- * input; reading stops only while STARTTLS drains output or when paused
- * input reached IO_PAUSED_MAX. Re-adding a pending event only moves its
- * timer (no epoll_ctl). */
+ * input; reading stops only while STARTTLS drains output, after the end of
+ * input, or while IO_INPUT_MAX is buffered. Re-adding a pending event only
+ * moves its timer (no epoll_ctl). */
 static void arm_read(struct io *io)
 {
-    int want = !io->pending_ssl && !io->eof && (io->read_on || io->handshaking ||
-                                                evbuffer_get_length(io->in) < IO_PAUSED_MAX);
+    io->input_full = !io->handshaking && evbuffer_get_length(io->in) >= IO_INPUT_MAX;
+    int want = !io->pending_ssl && !io->eof && !io->input_full;
     if (!want) {
         if (io->rev_on) {
             event_del(io->rev);
@@ -319,10 +325,10 @@ static void do_input(struct io *io, int from_socket)
             io->ev(io, r == RD_EOF ? IO_EV_EOF : IO_EV_ERROR, io->arg);
         return;
     }
-    if (!io->read_on) {
-        arm_read(io); /* stops reading once IO_PAUSED_MAX is buffered */
+    if (evbuffer_get_length(io->in) >= IO_INPUT_MAX)
+        arm_read(io); /* full: no more reading until the owner takes some */
+    if (!io->read_on)
         return;
-    }
     if (evbuffer_get_length(io->in) > 0 && io->rd)
         io->rd(io, io->arg);
 }
@@ -430,6 +436,14 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     do_input(io, io->ssl && SSL_has_pending(io->ssl));
 }
 
+/* The owner took input: reading goes on once below IO_INPUT_MAX. */
+static void on_input_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct io *io = arg;
+    if (io->input_full && info->n_deleted > 0 && evbuffer_get_length(buf) < IO_INPUT_MAX)
+        arm_read(io);
+}
+
 /* ---- API ----------------------------------------------------------------------- */
 
 static struct io *io_alloc(struct event_base *base, int fd)
@@ -443,6 +457,8 @@ static struct io *io_alloc(struct event_base *base, int fd)
     io->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_write, io);
     io->kick = event_new(base, -1, 0, on_kick, io);
     io->read_on = 1;
+    if (io->in)
+        evbuffer_add_cb(io->in, on_input_drained, io);
     if (!io->in || !io->out || !io->rev || !io->wev || !io->kick) {
         io->fd = -1; /* the caller still owns it */
         io_free(io);
@@ -560,6 +576,8 @@ void io_free(struct io *io)
 {
     if (!io)
         return;
+    if (io->in)
+        evbuffer_remove_cb(io->in, on_input_drained, io);
     if (io->rev)
         event_free(io->rev);
     if (io->wev)

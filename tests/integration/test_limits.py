@@ -115,6 +115,49 @@ def test_messages_per_session(lim):
         assert c.is_closed()
 
 
+def vm_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_client_that_never_reads_is_dropped(lim):
+    """A client that pipelines commands and never reads a reply: once the
+    socket is full the server's output stalls, and it stops reading too
+    (the input it has not taken stays bounded: this flood used to grow the
+    server by a gigabyte in a few seconds); after the idle timeout (2 s
+    here) and the 10 s allowed for the closing reply, the connection is
+    closed, and the server goes on serving."""
+    import threading
+    pid = lim.pid
+    rss0 = vm_rss_kib(pid)
+    c = lim.login(ALICE, pw(ALICE))
+    c.sock.settimeout(60)
+    stop = threading.Event()
+
+    def flood():
+        try:
+            while not stop.is_set():
+                c.send(b"NOOP\r\n" * 2000)
+        except OSError:
+            pass  # closed by the server: what this test waits for
+    t = threading.Thread(target=flood, daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    time.sleep(1.5)
+    grown = vm_rss_kib(pid) - rss0
+    assert grown < 64 * 1024, f"the server grew by {grown} KiB while the client flooded it"
+    t.join(40)
+    took = time.monotonic() - t0
+    stop.set()
+    assert not t.is_alive(), "the server never closed the connection"
+    assert 1.5 <= took < 30, took
+    lim.wait_log(r"event=session\.timeout .*user=alice@example\.test")
+    c.close()
+    with lim.login(ALICE, pw(ALICE)) as c2:
+        c2.check("NOOP", 250)
+    lim.assert_alive()
+
+
 def test_idle_timeout(lim):
     with lim.client() as c:
         c.expect_greeting()
