@@ -37,6 +37,7 @@
 #include "auth/sasl.h"
 #include "control/control.h"
 #include "core/config.h"
+#include "core/confval.h"
 #include "core/secret.h"
 #include "core/util.h"
 #include "smtp/parse.h"
@@ -701,29 +702,6 @@ static int cmd_reload(const struct ctl *c, int argc)
 
 /* ---- DKIM keys and DNS records --------------------------------------- */
 
-/* A DNS name as DKIM uses it for d= and s= (the rule of the config's dkim
- * blocks): dot-separated labels of 1-63 letters, digits and `-`, not
- * starting or ending with `-`, at most 253 characters. */
-static int dns_name_ok(const char *s)
-{
-    size_t n = strlen(s), label = 0;
-    if (n == 0 || n > 253)
-        return 0;
-    for (size_t i = 0; i <= n; i++) {
-        char ch = s[i];
-        if (ch == '.' || ch == '\0') {
-            if (label == 0 || label > 63 || s[i - 1] == '-')
-                return 0;
-            label = 0;
-        } else if ((label == 0 && ch == '-') ||
-                   !((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-')) {
-            return 0;
-        } else {
-            label++;
-        }
-    }
-    return 1;
-}
 
 /* The p= value of the DKIM key record (RFC 6376 3.6.1) for pk: base64 of
  * the SubjectPublicKeyInfo DER for RSA, of the raw 32-byte public key for
@@ -781,12 +759,12 @@ static int print_dkim_record(const char *selector, const char *domain, EVP_PKEY 
 /* Checks DOMAIN and SELECTOR; lower-cases the domain into dom. */
 static int check_domain_selector(const char *domain, const char *selector, char *dom, size_t n)
 {
-    if (!dns_name_ok(domain) || str_copy(dom, domain, n) >= n) {
+    if (!cv_valid_dns_name(domain) || str_copy(dom, domain, n) >= n) {
         fprintf(stderr, "submitctl: bad domain \"%s\": expected a domain name such as example.com\n", domain);
         return -1;
     }
     str_lower(dom);
-    if (selector && !dns_name_ok(selector)) {
+    if (selector && !cv_valid_dns_name(selector)) {
         fprintf(stderr, "submitctl: bad selector \"%s\": use letters, digits and '-' (dots between labels), "
                         "e.g. 2025a\n", selector);
         return -1;

@@ -4,10 +4,12 @@
  * `name [ARG] {` ... `}` blocks, reports every problem as `file:line:
  * message`, checks the files the config names (certificates, keys, the
  * accounts file, DKIM keys: present, readable, secrets not open to
- * others; DKIM private keys are also loaded and their type and size
- * checked) and the cross-references (routes -> transports, listeners ->
- * certificates). Owns the DKIM look-ups (block by From: domain, active key
- * by date). A loaded config is immutable and reference counted. */
+ * others) and the cross-references (routes -> transports, listeners ->
+ * certificates). A loaded config is immutable and reference counted.
+ * Split by role: confval.c (the pure syntax of values), config_dkim.c
+ * (`dkim` blocks: keys loaded and checked, look-ups by domain and date),
+ * config_abuse.c (rate limits, `ratelimit-for`, the Redis URL); what they
+ * share with this file is in config_int.h. */
 #include "core/config.h"
 
 #include <arpa/inet.h>
@@ -25,87 +27,22 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include "core/config_int.h"
+#include "core/confval.h"
 #include "core/log.h"
 #include "dkim/dkim.h"
 #include "queue/transport.h"
 
 #define CONFIG_MAX_BYTES (1024 * 1024)
-#define MAX_WORDS 16  /* per line */
-#define MAX_KEYS 24   /* per block table */
-#define NAME_MAX_LEN 64
-#define DKIM_KEY_MAX (64 * 1024)   /* bytes of a PEM private key file */
-#define DKIM_RSA_MIN_BITS 2048     /* RFC 8301 */
-#define DKIM_RSA_MAX_BITS 8192
-#define FIELD_NAME_MAX 128         /* a header field name in `headers` */
-
-#define KIB 1024ull
-#define MIB (1024ull * 1024)
-#define GIB (1024ull * 1024 * 1024)
-#define MINUTE 60ull
-#define HOUR 3600ull
-#define DAY 86400ull
 
 /* ---- the tables ------------------------------------------------------------ */
 
-enum vtype {
-    V_STR,   /* one word, optionally checked by keydef.valid */
-    V_PATH,  /* one word, made absolute against the config's directory */
-    V_UINT,  /* decimal number */
-    V_SIZE,  /* bytes; K/M/G suffixes (1024-based) */
-    V_SECS,  /* duration stored in seconds; a plain number is seconds */
-    V_MSECS, /* duration stored in milliseconds; a plain number is ms */
-    V_BOOL,  /* yes/no/on/off/true/false/1/0 */
-    V_ENUM,  /* one of keydef.enums */
-    V_FN     /* keydef.fn handles keydef.nargs words (repeatable keys) */
-};
 
-enum {
-    K_MULTI = 1,    /* may be given several times */
-    K_REQUIRED = 2, /* must be given */
-    K_READ = 4,     /* V_PATH: the file must exist and be readable */
-    K_SECRET = 8,   /* V_PATH: ... and not open to others (mode & 027 == 0) */
-};
-
-struct enum_val {
-    const char *name;
-    int value;
-};
-
-struct parser;
-struct keydef;
-typedef void (*key_fn)(struct parser *p, void *base, const struct keydef *k, char **av, int line);
-
-struct keydef {
-    const char *name;
-    enum vtype type;
-    size_t off;  /* the field inside the block's struct */
-    size_t size; /* its size (integers are stored by size) */
-    uint64_t min, max; /* V_UINT/V_SIZE: value; V_SECS: s; V_MSECS: ms */
-    const char *def;   /* default, written as in the file; NULL = none */
-    unsigned flags;
-    const struct enum_val *enums;  /* V_ENUM, NULL-terminated */
-    int (*valid)(const char *s);   /* V_STR: extra check */
-    const char *form;  /* V_STR: what is expected; V_PATH: what the file is; V_FN: the arguments */
-    key_fn fn;         /* V_FN */
-    unsigned nargs;    /* V_FN: number of words after the key */
-    unsigned nargs_max; /* V_FN: when set, nargs..nargs_max words (av[] ends with NULL) */
-    size_t off2;       /* V_FN: the count field of an array, when there is one */
-};
-
-#define FIELD(T, f) .off = offsetof(T, f), .size = sizeof(((T *)0)->f)
-#define ARRAY(T, f, n) .off = offsetof(T, f), .off2 = offsetof(T, n)
-
-static int valid_hostname(const char *s);
-static int valid_user(const char *s);
-static int valid_ttype(const char *s);
 static void key_cert(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 static void key_address(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 static void key_cidr(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 static void key_trusted(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 static void key_route(struct parser *p, void *base, const struct keydef *k, char **av, int line);
-static void key_dkim_key(struct parser *p, void *base, const struct keydef *k, char **av, int line);
-static void key_dkim_canon(struct parser *p, void *base, const struct keydef *k, char **av, int line);
-static void key_dkim_names(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 
 static const struct enum_val log_enum[] = {{"stderr", 0}, {"syslog", 1}, {NULL, 0}};
 static const struct enum_val level_enum[] = {
@@ -115,9 +52,9 @@ static const struct enum_val mode_enum[] = {
 static const struct enum_val tlsver_enum[] = {{"1.2", 0x0303}, {"1.3", 0x0304}, {NULL, 0}};
 
 static const struct keydef top_keys[] = {
-    {.name = "hostname", .type = V_STR, FIELD(struct config, hostname), .valid = valid_hostname,
+    {.name = "hostname", .type = V_STR, FIELD(struct config, hostname), .valid = cv_valid_hostname,
      .form = "a host name (letters, digits, `-` and `.`, at most 253 characters)"},
-    {.name = "user", .type = V_STR, FIELD(struct config, user), .def = "submitd", .valid = valid_user,
+    {.name = "user", .type = V_STR, FIELD(struct config, user), .def = "submitd", .valid = cv_valid_user,
      .form = "a user name (letters, digits, `.`, `_` and `-`, at most 32 characters)"},
     {.name = "workers", .type = V_UINT, FIELD(struct config, workers), .min = 0, .max = 256, .def = "0"},
     {.name = "auth-threads", .type = V_UINT, FIELD(struct config, auth_threads), .min = 0, .max = 256, .def = "0"},
@@ -224,7 +161,7 @@ static const struct keydef listener_keys[] = {
 
 /* Keys not listed here are kept in transport_cfg.opts for the transport. */
 static const struct keydef transport_keys[] = {
-    {.name = "type", .type = V_STR, FIELD(struct transport_cfg, type), .flags = K_REQUIRED, .valid = valid_ttype,
+    {.name = "type", .type = V_STR, FIELD(struct transport_cfg, type), .flags = K_REQUIRED, .valid = cv_valid_ttype,
      .form = "a transport type known to this build (such as maildir)"},
     {.name = "path", .type = V_PATH, FIELD(struct transport_cfg, path), .form = "transport path"},
 };
@@ -233,13 +170,13 @@ static const struct keydef transport_keys[] = {
  * header lists to dkim_default_headers / From (set when a block opens or
  * closes, as they are not single values). */
 static const struct keydef dkim_keys[] = {
-    {.name = "key", .type = V_FN, ARRAY(struct dkim_cfg, keys, nkeys), .fn = key_dkim_key, .nargs = 2,
+    {.name = "key", .type = V_FN, ARRAY(struct dkim_cfg, keys, nkeys), .fn = cfg_key_dkim_key, .nargs = 2,
      .nargs_max = 4, .flags = K_MULTI, .form = "SELECTOR FILE [not-before YYYY-MM-DD]"},
-    {.name = "canonicalization", .type = V_FN, .fn = key_dkim_canon, .nargs = 1,
+    {.name = "canonicalization", .type = V_FN, .fn = cfg_key_dkim_canon, .nargs = 1,
      .form = "HEADER/BODY, each relaxed or simple (such as relaxed/relaxed)"},
-    {.name = "headers", .type = V_FN, ARRAY(struct dkim_cfg, headers, nheaders), .fn = key_dkim_names, .nargs = 1,
+    {.name = "headers", .type = V_FN, ARRAY(struct dkim_cfg, headers, nheaders), .fn = cfg_key_dkim_names, .nargs = 1,
      .nargs_max = MAX_WORDS - 1, .flags = K_MULTI, .form = "NAME..."},
-    {.name = "oversign", .type = V_FN, ARRAY(struct dkim_cfg, oversign, noversign), .fn = key_dkim_names,
+    {.name = "oversign", .type = V_FN, ARRAY(struct dkim_cfg, oversign, noversign), .fn = cfg_key_dkim_names,
      .nargs = 1, .nargs_max = MAX_WORDS - 1, .flags = K_MULTI, .form = "NAME... (or none)"},
     {.name = "subdomains", .type = V_BOOL, FIELD(struct dkim_cfg, subdomains), .def = "yes"},
     {.name = "required", .type = V_BOOL, FIELD(struct dkim_cfg, required), .def = "no"},
@@ -253,17 +190,15 @@ const char *const dkim_default_headers[] = {
 const size_t dkim_default_headers_count = ARRAY_LEN(dkim_default_headers);
 
 /* ---- abuse control tables (ratelimit, ratelimit-for, abuse; see src/abuse) ---- */
-static void key_rate_limit(struct parser *p, void *base, const struct keydef *k, char **av, int line);
-static void key_rl_backend(struct parser *p, void *base, const struct keydef *k, char **av, int line);
 static const struct enum_val action_enum[] = {
     {"alert", ABUSE_ALERT}, {"hold", ABUSE_HOLD}, {"suspend", ABUSE_SUSPEND}, {NULL, 0}};
 #define RATE_LIMIT_KEY(n, T, f)                                                                                        \
-    {.name = n, .type = V_FN, .off = offsetof(T, f), .fn = key_rate_limit, .nargs = 1, .nargs_max = 2,               \
+    {.name = n, .type = V_FN, .off = offsetof(T, f), .fn = cfg_key_rate_limit, .nargs = 1, .nargs_max = 2,               \
      .form = "COUNT/DURATION [hard], or none"}
 
-/* Limits without a default here get theirs in abuse_defaults(). */
+/* Limits without a default here get theirs in cfg_abuse_defaults(). */
 static const struct keydef ratelimit_keys[] = {
-    {.name = "backend", .type = V_FN, .fn = key_rl_backend, .nargs = 1, .form = "memory or redis://HOST[:PORT][/DB]"},
+    {.name = "backend", .type = V_FN, .fn = cfg_key_rl_backend, .nargs = 1, .form = "memory or redis://HOST[:PORT][/DB]"},
     {.name = "redis-timeout", .type = V_MSECS, FIELD(struct ratelimit_cfg, redis_timeout_ms), .min = 10,
      .max = 10000, .def = "250ms"},
     {.name = "redis-retry", .type = V_SECS, FIELD(struct ratelimit_cfg, redis_retry), .min = 1, .max = HOUR,
@@ -346,29 +281,8 @@ _Static_assert(ARRAY_LEN(top_keys) <= MAX_KEYS && ARRAY_LEN(tls_keys) <= MAX_KEY
 
 /* ---- parser state ------------------------------------------------------------ */
 
-struct parser {
-    const char *file;
-    const char *basedir; /* relative paths are made absolute against it */
-    struct errlist *errs;
-    struct config *c;
-    int seen_top[MAX_KEYS]; /* line where each top-level key was set */
-    int seen[MAX_KEYS];     /* the same for the open block */
-    int open;               /* a block is open */
-    const struct blockdef *blk; /* the open block (NULL: unknown, ignored) */
-    int blk_line;
-    char blk_name[NAME_MAX_LEN + 1];
-    int ignore;         /* the open block's contents are skipped */
-    int nested;         /* depth of (refused) blocks opened inside it */
-    size_t idx;         /* listener/transport/dkim index */
-    int names_line[2];  /* dkim: first `headers` / `oversign` line of the open block */
-    int oversign_none;  /* dkim: line of `oversign none` in the open block */
-    int single_line[16]; /* blocks without ARG (by kind - B_TLS): line of the block, 0 = not yet */
-    int no_file_checks; /* config_load_paths: files need not exist yet */
-};
 
-static void perr(struct parser *p, int line, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-
-static void perr(struct parser *p, int line, const char *fmt, ...)
+void cfg_perr(struct parser *p, int line, const char *fmt, ...)
 {
     struct strbuf b;
     sb_init(&b);
@@ -380,140 +294,9 @@ static void perr(struct parser *p, int line, const char *fmt, ...)
     sb_free(&b);
 }
 
-static void *field(void *base, size_t off)
+void *cfg_field(void *base, size_t off)
 {
     return (char *)base + off;
-}
-
-/* ---- value syntax ------------------------------------------------------------ */
-
-/* Leading decimal digits of s into *v; returns the end or NULL (none, or
- * overflow). */
-static const char *parse_digits(const char *s, uint64_t *v)
-{
-    uint64_t n = 0;
-    const char *p = s;
-    while (*p >= '0' && *p <= '9') {
-        unsigned d = (unsigned)(*p - '0');
-        if (n > (UINT64_MAX - d) / 10)
-            return NULL;
-        n = n * 10 + d;
-        p++;
-    }
-    if (p == s)
-        return NULL;
-    *v = n;
-    return p;
-}
-
-static int mul_ok(uint64_t a, uint64_t b, uint64_t *out)
-{
-    if (b && a > UINT64_MAX / b)
-        return -1;
-    *out = a * b;
-    return 0;
-}
-
-static int parse_uint(const char *s, uint64_t *out)
-{
-    const char *e = parse_digits(s, out);
-    return e && *e == '\0' ? 0 : -1;
-}
-
-static int parse_size(const char *s, uint64_t *out)
-{
-    uint64_t v;
-    const char *e = parse_digits(s, &v);
-    if (!e)
-        return -1;
-    uint64_t mult = 1;
-    if (*e == 'k' || *e == 'K')
-        mult = KIB;
-    else if (*e == 'm' || *e == 'M')
-        mult = MIB;
-    else if (*e == 'g' || *e == 'G')
-        mult = GIB;
-    else if (*e != '\0')
-        return -1;
-    if (mult != 1 && e[1] != '\0')
-        return -1;
-    return mul_ok(v, mult, out);
-}
-
-/* A duration in milliseconds; a plain number counts `plain_ms` ms. */
-static int parse_duration_ms(const char *s, uint64_t plain_ms, uint64_t *out)
-{
-    uint64_t v;
-    const char *e = parse_digits(s, &v);
-    if (!e)
-        return -1;
-    uint64_t mult;
-    if (*e == '\0')
-        mult = plain_ms;
-    else if (strcmp(e, "ms") == 0)
-        mult = 1;
-    else if (strcmp(e, "s") == 0)
-        mult = 1000;
-    else if (strcmp(e, "m") == 0)
-        mult = MINUTE * 1000;
-    else if (strcmp(e, "h") == 0)
-        mult = HOUR * 1000;
-    else if (strcmp(e, "d") == 0)
-        mult = DAY * 1000;
-    else
-        return -1;
-    return mul_ok(v, mult, out);
-}
-
-static int parse_bool(const char *s, uint64_t *out)
-{
-    static const char *const yes[] = {"yes", "on", "true", "1"};
-    static const char *const no[] = {"no", "off", "false", "0"};
-    for (size_t i = 0; i < ARRAY_LEN(yes); i++) {
-        if (str_ieq(s, yes[i])) {
-            *out = 1;
-            return 0;
-        }
-        if (str_ieq(s, no[i])) {
-            *out = 0;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-static void fmt_size(struct strbuf *b, uint64_t v)
-{
-    if (v >= GIB && v % GIB == 0)
-        sb_printf(b, "%lluG", (unsigned long long)(v / GIB));
-    else if (v >= MIB && v % MIB == 0)
-        sb_printf(b, "%lluM", (unsigned long long)(v / MIB));
-    else if (v >= KIB && v % KIB == 0)
-        sb_printf(b, "%lluK", (unsigned long long)(v / KIB));
-    else
-        sb_printf(b, "%llu", (unsigned long long)v);
-}
-
-static void fmt_secs(struct strbuf *b, uint64_t v)
-{
-    if (v == 0)
-        sb_puts(b, "0");
-    else if (v % DAY == 0)
-        sb_printf(b, "%llud", (unsigned long long)(v / DAY));
-    else if (v % HOUR == 0)
-        sb_printf(b, "%lluh", (unsigned long long)(v / HOUR));
-    else if (v % MINUTE == 0)
-        sb_printf(b, "%llum", (unsigned long long)(v / MINUTE));
-    else
-        sb_printf(b, "%llus", (unsigned long long)v);
-}
-
-static void fmt_msecs(struct strbuf *b, uint64_t v)
-{
-    if (v != 0 && v % 1000 == 0)
-        fmt_secs(b, v / 1000);
-    else
-        sb_printf(b, "%llums", (unsigned long long)v);
 }
 
 /* What a key expects, for error messages. */
@@ -525,23 +308,23 @@ static void describe(struct strbuf *b, const struct keydef *k)
         break;
     case V_SIZE:
         sb_puts(b, "a size from ");
-        fmt_size(b, k->min);
+        cv_fmt_size(b, k->min);
         sb_puts(b, " to ");
-        fmt_size(b, k->max);
+        cv_fmt_size(b, k->max);
         sb_puts(b, " (bytes, or with a K, M or G suffix)");
         break;
     case V_SECS:
         sb_puts(b, "a duration from ");
-        fmt_secs(b, k->min);
+        cv_fmt_secs(b, k->min);
         sb_puts(b, " to ");
-        fmt_secs(b, k->max);
+        cv_fmt_secs(b, k->max);
         sb_puts(b, " in whole seconds (a plain number is seconds; suffixes ms, s, m, h, d)");
         break;
     case V_MSECS:
         sb_puts(b, "a duration from ");
-        fmt_msecs(b, k->min);
+        cv_fmt_msecs(b, k->min);
         sb_puts(b, " to ");
-        fmt_msecs(b, k->max);
+        cv_fmt_msecs(b, k->max);
         sb_puts(b, " (a plain number is milliseconds; suffixes ms, s, m, h, d)");
         break;
     case V_BOOL:
@@ -580,29 +363,9 @@ static void store_int(void *p, size_t size, uint64_t v)
 
 static void store_str(void *base, const struct keydef *k, char *v)
 {
-    char **slot = field(base, k->off);
+    char **slot = cfg_field(base, k->off);
     free(*slot);
     *slot = v;
-}
-
-static char *abs_path(const char *basedir, const char *v)
-{
-    if (v[0] == '/' || !basedir)
-        return xstrdup(v);
-    while (v[0] == '.' && v[1] == '/') {
-        v += 2;
-        while (*v == '/')
-            v++;
-    }
-    struct strbuf b;
-    sb_init(&b);
-    sb_puts(&b, basedir);
-    if (*v) {
-        if (b.len == 0 || b.s[b.len - 1] != '/')
-            sb_puts(&b, "/");
-        sb_puts(&b, v);
-    }
-    return sb_steal(&b);
 }
 
 /* Parses v for a scalar key and stores it into base. -1 when v is not of
@@ -619,34 +382,34 @@ static int set_value(void *base, const struct keydef *k, const char *v, const ch
     case V_PATH:
         if (!*v)
             return -1;
-        store_str(base, k, abs_path(basedir, v));
+        store_str(base, k, cv_abs_path(basedir, v));
         return 0;
     case V_UINT:
-        if (parse_uint(v, &n) != 0)
+        if (cv_parse_uint(v, &n) != 0)
             return -1;
         break;
     case V_SIZE:
-        if (parse_size(v, &n) != 0)
+        if (cv_parse_size(v, &n) != 0)
             return -1;
         break;
     case V_SECS:
-        if (parse_duration_ms(v, 1000, &n) != 0 || n % 1000 != 0)
+        if (cv_parse_duration_ms(v, 1000, &n) != 0 || n % 1000 != 0)
             return -1;
         n /= 1000;
         break;
     case V_MSECS:
-        if (parse_duration_ms(v, 1, &n) != 0)
+        if (cv_parse_duration_ms(v, 1, &n) != 0)
             return -1;
         break;
     case V_BOOL:
-        if (parse_bool(v, &n) != 0)
+        if (cv_parse_bool(v, &n) != 0)
             return -1;
-        store_int(field(base, k->off), k->size, n);
+        store_int(cfg_field(base, k->off), k->size, n);
         return 0;
     case V_ENUM:
         for (const struct enum_val *e = k->enums; e->name; e++) {
             if (strcmp(e->name, v) == 0) {
-                store_int(field(base, k->off), k->size, (uint64_t)(unsigned)e->value);
+                store_int(cfg_field(base, k->off), k->size, (uint64_t)(unsigned)e->value);
                 return 0;
             }
         }
@@ -656,7 +419,7 @@ static int set_value(void *base, const struct keydef *k, const char *v, const ch
     }
     if (n < k->min || n > k->max)
         return -1;
-    store_int(field(base, k->off), k->size, n);
+    store_int(cfg_field(base, k->off), k->size, n);
     return 0;
 }
 
@@ -668,145 +431,12 @@ static void apply_defaults(void *base, const struct keydef *keys, size_t n)
     }
 }
 
-/* ---- string checks ------------------------------------------------------------- */
-
-static int valid_hostname(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 253 || s[0] == '.' || s[0] == '-')
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
-              ch == '.'))
-            return 0;
-    }
-    return 1;
-}
-
-/* Letters, digits, `.`, `_`, `-`; 1..max characters; not starting with `-`. */
-static int valid_token(const char *s, size_t max)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > max || s[0] == '-')
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
-              ch == '.' || ch == '_'))
-            return 0;
-    }
-    return 1;
-}
-
-static int valid_user(const char *s)
-{
-    return valid_token(s, 32);
-}
-
-static int valid_ttype(const char *s)
-{
-    return transport_find(s) != NULL;
-}
-
-/* A recipient domain: letters, digits, `-`, `_`, `.`; no empty label. */
-static int valid_domain(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > 253 || s[0] == '.' || s[n - 1] == '.' || strstr(s, ".."))
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char ch = s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
-              ch == '.' || ch == '_'))
-            return 0;
-    }
-    return 1;
-}
-
-/* A DNS name as DKIM uses it (RFC 6376 3.5 domain-name and selector): dot-
- * separated labels of 1-63 letters, digits and `-`, not starting or
- * ending with `-`; at most 253 characters; no trailing dot. */
-static int valid_dns_name(const char *s)
-{
-    size_t n = strlen(s), label = 0;
-    if (n == 0 || n > 253)
-        return 0;
-    for (size_t i = 0; i <= n; i++) {
-        char ch = s[i];
-        if (ch == '.' || ch == '\0') {
-            if (label == 0 || label > 63 || s[i - 1] == '-')
-                return 0;
-            label = 0;
-            continue;
-        }
-        if (label == 0 && ch == '-')
-            return 0;
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-'))
-            return 0;
-        label++;
-    }
-    return 1;
-}
-
-/* A header field name (RFC 5322 ftext: printable ASCII but `:`), without
- * `;` which would break the DKIM-Signature tag list. */
-static int valid_field_name(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > FIELD_NAME_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch < 33 || ch > 126 || ch == ':' || ch == ';')
-            return 0;
-    }
-    return 1;
-}
-
-/* Days since 1970-01-01 of a proleptic Gregorian date (m 1-12). */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
-{
-    y -= m <= 2;
-    int64_t era = (y >= 0 ? y : y - 399) / 400;
-    unsigned yoe = (unsigned)(y - era * 400);
-    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + (int64_t)doe - 719468;
-}
-
-/* YYYY-MM-DD (UTC, 1970-01-01 to 9999-12-31) into unix time at 00:00. */
-static int parse_date(const char *s, int64_t *out)
-{
-    static const unsigned mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    if (strlen(s) != 10 || s[4] != '-' || s[7] != '-')
-        return -1;
-    unsigned v[3] = {0, 0, 0};
-    static const int start[] = {0, 5, 8}, len[] = {4, 2, 2};
-    for (int f = 0; f < 3; f++) {
-        for (int i = 0; i < len[f]; i++) {
-            char ch = s[start[f] + i];
-            if (ch < '0' || ch > '9')
-                return -1;
-            v[f] = v[f] * 10 + (unsigned)(ch - '0');
-        }
-    }
-    unsigned y = v[0], m = v[1], d = v[2];
-    if (y < 1970 || m < 1 || m > 12 || d < 1)
-        return -1;
-    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    if (d > mdays[m - 1] + (m == 2 && leap ? 1u : 0u))
-        return -1;
-    *out = days_from_civil(y, m, d) * (int64_t)DAY;
-    return 0;
-}
-
 /* ---- files ------------------------------------------------------------------------ */
 
 /* The file must exist, be a readable regular file and, when secret, not be
  * accessible by others nor writable by its group. 0 when it is (or when
  * files are not checked), -1 after reporting. */
-static int check_file(struct parser *p, int line, const char *what, const char *path, int secret)
+int cfg_check_file(struct parser *p, int line, const char *what, const char *path, int secret)
 {
     char eb[128];
     if (p->no_file_checks)
@@ -815,9 +445,9 @@ static int check_file(struct parser *p, int line, const char *what, const char *
     if (fd < 0) {
         int e = errno;
         if (e == ENOENT)
-            perr(p, line, "%s %s does not exist", what, path);
+            cfg_perr(p, line, "%s %s does not exist", what, path);
         else
-            perr(p, line, "cannot read %s %s: %s", what, path, strerror_r(e, eb, sizeof(eb)));
+            cfg_perr(p, line, "cannot read %s %s: %s", what, path, strerror_r(e, eb, sizeof(eb)));
         return -1;
     }
     struct stat st;
@@ -825,15 +455,15 @@ static int check_file(struct parser *p, int line, const char *what, const char *
     int e = errno;
     close(fd);
     if (r != 0) {
-        perr(p, line, "cannot stat %s %s: %s", what, path, strerror_r(e, eb, sizeof(eb)));
+        cfg_perr(p, line, "cannot stat %s %s: %s", what, path, strerror_r(e, eb, sizeof(eb)));
         return -1;
     }
     if (!S_ISREG(st.st_mode)) {
-        perr(p, line, "%s %s is not a regular file", what, path);
+        cfg_perr(p, line, "%s %s is not a regular file", what, path);
         return -1;
     }
     if (secret && (st.st_mode & 027)) {
-        perr(p, line,
+        cfg_perr(p, line,
              "%s %s has mode %04o: it must not be accessible by others nor writable by its group; "
              "fix it with `chmod 600 %s` (or `chmod 640 %s` to let its group read it)",
              what, path, (unsigned)(st.st_mode & 07777), path, path);
@@ -842,100 +472,30 @@ static int check_file(struct parser *p, int line, const char *what, const char *
     return 0;
 }
 
-/* PEM_read_bio_PrivateKey must never prompt: an encrypted key fails. */
-static int no_passphrase(char *buf, int size, int rwflag, void *u)
-{
-    *(int *)u = 1;
-    return -1;
-}
-
-/* Loads a DKIM private key (already checked by check_file) into k->pkey
- * and sets k->alg; reports what is wrong with it otherwise. */
-static void load_dkim_key(struct parser *p, const struct dkim_cfg *d, struct dkim_key_cfg *k)
-{
-    char eb[128], fix[512];
-    snprintf(fix, sizeof(fix), "make a good one with `submitctl dkim keygen %s %s` (RSA 2048) or "
-                               "`submitctl dkim keygen %s %s --ed25519`",
-             d->domain, k->selector, d->domain, k->selector);
-    size_t len = 0;
-    char *pem = read_file_max(k->file, DKIM_KEY_MAX, &len);
-    if (!pem) {
-        int e = errno;
-        if (e == EFBIG)
-            perr(p, k->line, "dkim key %s is larger than %d KiB: not a private key; %s", k->file,
-                 DKIM_KEY_MAX / 1024, fix);
-        else
-            perr(p, k->line, "cannot read dkim key %s: %s", k->file, strerror_r(e, eb, sizeof(eb)));
-        return;
-    }
-    int asked = 0;
-    BIO *bio = BIO_new_mem_buf(pem, (int)len);
-    EVP_PKEY *pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, &asked) : NULL;
-    BIO_free(bio);
-    mem_wipe(pem, len);
-    free(pem);
-    ERR_clear_error(); /* nothing left behind for the TLS code to trip on */
-    if (!pk) {
-        if (asked)
-            perr(p, k->line,
-                 "dkim key %s is encrypted with a passphrase, which submitd cannot ask for: decrypt it with "
-                 "`openssl pkey -in %s -out NEWFILE` or %s",
-                 k->file, k->file, fix);
-        else
-            perr(p, k->line, "dkim key %s is not a PEM private key; %s", k->file, fix);
-        return;
-    }
-    int bits = EVP_PKEY_get_bits(pk);
-    if (EVP_PKEY_is_a(pk, "RSA") && bits >= DKIM_RSA_MIN_BITS && bits <= DKIM_RSA_MAX_BITS) {
-        k->alg = DKIM_ALG_RSA_SHA256;
-    } else if (EVP_PKEY_is_a(pk, "ED25519")) {
-        if (dkim_ed25519_secret(pk, k->ed_sk) == 0)
-            k->alg = DKIM_ALG_ED25519_SHA256;
-        else
-            perr(p, k->line, "dkim key %s: cannot prepare the Ed25519 key for signing; %s", k->file, fix);
-    } else if (EVP_PKEY_is_a(pk, "RSA") && bits < DKIM_RSA_MIN_BITS) {
-        perr(p, k->line, "dkim key %s is a %d-bit RSA key: DKIM needs at least %d bits (RFC 8301); %s", k->file,
-             bits, DKIM_RSA_MIN_BITS, fix);
-    } else if (EVP_PKEY_is_a(pk, "RSA")) {
-        perr(p, k->line, "dkim key %s is a %d-bit RSA key: at most %d bits are accepted (signing would be slow; "
-                         "2048 is enough); %s",
-             k->file, bits, DKIM_RSA_MAX_BITS, fix);
-    } else {
-        const char *type = EVP_PKEY_get0_type_name(pk);
-        perr(p, k->line, "dkim key %s is a%s %s key: DKIM signs with RSA (%d bits or more) or Ed25519 keys only; %s",
-             k->file, type && type[0] && strchr("AEFHILMNORSX", type[0]) ? "n" : "", type ? type : "unknown", DKIM_RSA_MIN_BITS,
-             fix);
-    }
-    if (k->alg)
-        k->pkey = pk;
-    else
-        EVP_PKEY_free(pk);
-}
-
 /* ---- repeatable keys -------------------------------------------------------------- */
 
 static void key_cert(struct parser *p, void *base, const struct keydef *k, char **av, int line)
 {
-    struct cert_pair **v = field(base, k->off);
-    size_t *n = field(base, k->off2);
+    struct cert_pair **v = cfg_field(base, k->off);
+    size_t *n = cfg_field(base, k->off2);
     if (!*av[0] || !*av[1]) {
-        perr(p, line, "`certificate` needs two file names: certificate CRT KEY");
+        cfg_perr(p, line, "`certificate` needs two file names: certificate CRT KEY");
         return;
     }
-    struct cert_pair cp = {abs_path(p->basedir, av[0]), abs_path(p->basedir, av[1]), line};
-    check_file(p, line, "certificate file", cp.cert, 0);
-    check_file(p, line, "private key", cp.key, 1);
+    struct cert_pair cp = {cv_abs_path(p->basedir, av[0]), cv_abs_path(p->basedir, av[1]), line};
+    cfg_check_file(p, line, "certificate file", cp.cert, 0);
+    cfg_check_file(p, line, "private key", cp.key, 1);
     *v = xrealloc(*v, (*n + 1) * sizeof(**v));
     (*v)[(*n)++] = cp;
 }
 
 static void key_address(struct parser *p, void *base, const struct keydef *k, char **av, int line)
 {
-    char ***v = field(base, k->off);
-    size_t *n = field(base, k->off2);
+    char ***v = cfg_field(base, k->off);
+    size_t *n = cfg_field(base, k->off2);
     unsigned char buf[16];
     if (inet_pton(AF_INET, av[0], buf) != 1 && inet_pton(AF_INET6, av[0], buf) != 1) {
-        perr(p, line, "bad address `%s`: expected an IPv4 or IPv6 address such as 127.0.0.1, 0.0.0.0, ::1 or ::",
+        cfg_perr(p, line, "bad address `%s`: expected an IPv4 or IPv6 address such as 127.0.0.1, 0.0.0.0, ::1 or ::",
              av[0]);
         return;
     }
@@ -947,24 +507,24 @@ static void key_cidr(struct parser *p, void *base, const struct keydef *k, char 
 {
     struct cidr c;
     if (cidr_parse(av[0], &c) != 0) {
-        perr(p, line,
+        cfg_perr(p, line,
              "bad network `%s` for `%s`: expected an address or ADDRESS/PREFIX such as 192.0.2.0/24 or "
              "2001:db8::/32 (prefix 0-32 for IPv4, 0-128 for IPv6)",
              av[0], k->name);
         return;
     }
-    cidr_list_add(field(base, k->off), &c);
+    cidr_list_add(cfg_field(base, k->off), &c);
 }
 
 /* `trusted NETWORK`: a network as for allow/deny, but never one that holds
  * every address (the IPv4-mapped ::ffff:0:0/96 parses as 0.0.0.0/0). */
 static void key_trusted(struct parser *p, void *base, const struct keydef *k, char **av, int line)
 {
-    struct cidr_list *l = field(base, k->off);
+    struct cidr_list *l = cfg_field(base, k->off);
     size_t before = l->n;
     key_cidr(p, base, k, av, line);
     if (l->n > before && l->v[l->n - 1].prefix == 0) {
-        perr(p, line,
+        cfg_perr(p, line,
              "`trusted %s` would trust every client address (an open relay): list only the networks of your own "
              "applications, such as 127.0.0.1/32 or ::1",
              av[0]);
@@ -976,317 +536,24 @@ static void key_route(struct parser *p, void *base, const struct keydef *k, char
 {
     struct config *c = base;
     const char *pat = av[0];
-    int ok = strcmp(pat, "*") == 0 || (pat[0] == '*' && pat[1] == '.' && valid_domain(pat + 2)) ||
-             (pat[0] != '*' && valid_domain(pat));
+    int ok = strcmp(pat, "*") == 0 || (pat[0] == '*' && pat[1] == '.' && cv_valid_domain(pat + 2)) ||
+             (pat[0] != '*' && cv_valid_domain(pat));
     if (!ok) {
-        perr(p, line, "bad route pattern `%s`: expected a domain, *.domain or *", pat);
+        cfg_perr(p, line, "bad route pattern `%s`: expected a domain, *.domain or *", pat);
         return;
     }
-    if (!valid_token(av[1], NAME_MAX_LEN)) {
-        perr(p, line, "bad transport name `%s` in route", av[1]);
+    if (!cv_valid_token(av[1], NAME_MAX_LEN)) {
+        cfg_perr(p, line, "bad transport name `%s` in route", av[1]);
         return;
     }
     for (size_t i = 0; i < c->nroutes; i++) {
         if (str_ieq(c->routes[i].pattern, pat)) {
-            perr(p, line, "duplicate route for `%s` (the first is at line %d)", pat, c->routes[i].line);
+            cfg_perr(p, line, "duplicate route for `%s` (the first is at line %d)", pat, c->routes[i].line);
             return;
         }
     }
     c->routes = xrealloc(c->routes, (c->nroutes + 1) * sizeof(*c->routes));
     c->routes[c->nroutes++] = (struct route_cfg){xstrdup(pat), xstrdup(av[1]), line};
-}
-
-/* key SELECTOR FILE [not-before YYYY-MM-DD] */
-static void key_dkim_key(struct parser *p, void *base, const struct keydef *k, char **av, int line)
-{
-    struct dkim_cfg *d = base;
-    const char *sel = av[0];
-    if (!valid_dns_name(sel)) {
-        perr(p, line, "bad selector `%s`: expected letters, digits and `-` in dot-separated labels (such as 2025a)",
-             sel);
-        return;
-    }
-    if (strlen(sel) + strlen("._domainkey.") + strlen(d->domain) > 253) {
-        perr(p, line, "selector `%s` is too long: %s._domainkey.%s would be longer than 253 characters", sel, sel,
-             d->domain);
-        return;
-    }
-    int64_t nb = 0;
-    if (av[2] && (strcmp(av[2], "not-before") != 0 || !av[3])) {
-        perr(p, line, "expected `not-before YYYY-MM-DD` after the file name, not `%s%s%s`", av[2], av[3] ? " " : "",
-             av[3] ? av[3] : "");
-        return;
-    }
-    if (av[2] && parse_date(av[3], &nb) != 0) {
-        perr(p, line, "bad date `%s` for not-before: expected YYYY-MM-DD, a date in UTC from 1970-01-01 on", av[3]);
-        return;
-    }
-    if (!*av[1]) {
-        perr(p, line, "`key` needs the file name of the private key: key SELECTOR FILE");
-        return;
-    }
-    for (size_t i = 0; i < d->nkeys; i++) {
-        if (str_ieq(d->keys[i].selector, sel)) {
-            perr(p, line, "duplicate selector `%s` in the dkim block for %s (the first is at line %d)", sel,
-                 d->domain, d->keys[i].line);
-            return;
-        }
-    }
-    struct dkim_key_cfg kc = {.selector = xstrdup(sel), .file = abs_path(p->basedir, av[1]), .not_before = nb, .line = line};
-    if (!p->no_file_checks && check_file(p, line, "dkim key", kc.file, 1) == 0)
-        load_dkim_key(p, d, &kc);
-    d->keys = xrealloc(d->keys, (d->nkeys + 1) * sizeof(*d->keys));
-    d->keys[d->nkeys++] = kc;
-}
-
-/* canonicalization HEADER/BODY */
-static void key_dkim_canon(struct parser *p, void *base, const struct keydef *k, char **av, int line)
-{
-    struct dkim_cfg *d = base;
-    const char *slash = strchr(av[0], '/');
-    int v[2] = {-1, -1};
-    for (int half = 0; slash && half < 2; half++) {
-        const char *s = half ? slash + 1 : av[0];
-        size_t n = half ? strlen(s) : (size_t)(slash - av[0]);
-        if (n == strlen("relaxed") && strncmp(s, "relaxed", n) == 0)
-            v[half] = DKIM_CANON_RELAXED;
-        else if (n == strlen("simple") && strncmp(s, "simple", n) == 0)
-            v[half] = DKIM_CANON_SIMPLE;
-    }
-    if (v[0] < 0 || v[1] < 0) {
-        perr(p, line, "bad value `%s` for `canonicalization`: expected %s", av[0], k->form);
-        return;
-    }
-    d->canon_header = (enum dkim_canon)v[0];
-    d->canon_body = (enum dkim_canon)v[1];
-}
-
-static int name_listed(char *const *v, size_t n, const char *name)
-{
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(v[i], name) == 0)
-            return 1;
-    return 0;
-}
-
-/* headers NAME... / oversign NAME... (or `oversign none`): repeatable, each
- * line adds to the list; names are lower-cased. */
-static void key_dkim_names(struct parser *p, void *base, const struct keydef *k, char **av, int line)
-{
-    char ***v = field(base, k->off);
-    size_t *n = field(base, k->off2);
-    int over = strcmp(k->name, "oversign") == 0;
-    int first = p->names_line[over];
-    if (!first)
-        p->names_line[over] = line;
-    if (over && strcmp(av[0], "none") == 0 && !av[1] && !first) {
-        p->oversign_none = line;
-        return;
-    }
-    int has_none = 0;
-    for (size_t i = 0; av[i]; i++)
-        has_none |= strcmp(av[i], "none") == 0;
-    if (over && (p->oversign_none || has_none)) {
-        perr(p, line, "`oversign none` must be alone: the only oversign line, without names");
-        return;
-    }
-    for (size_t i = 0; av[i]; i++) {
-        char *name = xstrdup(av[i]);
-        str_lower(name);
-        if (!valid_field_name(name)) {
-            perr(p, line, "bad header field name `%s` in `%s`: expected printable characters but `:` and `;`", av[i],
-                 k->name);
-            free(name);
-        } else if (name_listed(*v, *n, name)) {
-            perr(p, line, "header field `%s` is listed twice in `%s`%s", name, k->name,
-                 over ? "" : " (to sign one more than present, use `oversign`)");
-            free(name);
-        } else {
-            *v = xrealloc(*v, (*n + 1) * sizeof(**v));
-            (*v)[(*n)++] = name;
-        }
-    }
-}
-
-/* ---- abuse controls: rate limits, the Redis URL, ratelimit-for KEY ---------------- */
-
-/* COUNT/DURATION [hard] or none into *out. NULL, or what is wrong. */
-static const char *parse_rate_limit(const char *v, const char *flag, int bytes, int may_hard, struct rate_limit *out)
-{
-    struct rate_limit r = {0, 0, 0, 0};
-    const char *form = bytes ? "expected SIZE/DURATION such as 50M/1d (optionally followed by `hard`), or none"
-                             : "expected COUNT/DURATION such as 100/1h (optionally followed by `hard`), or none";
-    if (flag && (!may_hard || strcmp(flag, "hard") != 0))
-        return may_hard ? form : "expected COUNT/DURATION such as 30/1m, or none (only messages, recipients and "
-                                 "bytes take `hard`)";
-    if (strcmp(v, "none") == 0) {
-        if (flag)
-            return "`none` takes no `hard`";
-        *out = r;
-        return NULL;
-    }
-    const char *slash = strchr(v, '/');
-    char num[32];
-    uint64_t n = 0, ms = 0;
-    if (!slash || (size_t)(slash - v) >= sizeof(num))
-        return form;
-    memcpy(num, v, (size_t)(slash - v));
-    num[slash - v] = '\0';
-    if ((bytes ? parse_size(num, &n) : parse_uint(num, &n)) != 0 || parse_duration_ms(slash + 1, 1000, &ms) != 0)
-        return form;
-    if (bytes && (n < KIB || n > 1024 * GIB))
-        return "the size must be from 1K to 1024G";
-    if (!bytes && (n < 1 || n > 1000000000))
-        return "the count must be from 1 to 1000000000";
-    if (ms < 1000 || ms > 30 * DAY * 1000)
-        return "the duration must be from 1s to 30d";
-    if ((bytes ? n / KIB : n) > ms * 1000)
-        return "more than one per microsecond (bytes: one KiB per microsecond): use a longer duration";
-    r.count = n;
-    r.period_ms = ms;
-    r.hard = flag != NULL;
-    *out = r;
-    return NULL;
-}
-
-static void key_rate_limit(struct parser *p, void *base, const struct keydef *k, char **av, int line)
-{
-    struct rate_limit *r = field(base, k->off);
-    int bytes = strcmp(k->name, "bytes") == 0;
-    int may_hard = bytes || strcmp(k->name, "messages") == 0 || strcmp(k->name, "recipients") == 0;
-    const char *why = parse_rate_limit(av[0], av[1], bytes, may_hard, r);
-    if (why) {
-        perr(p, line, "bad value `%s%s%s` for `%s`: %s", av[0], av[1] ? " " : "", av[1] ? av[1] : "", k->name, why);
-        return;
-    }
-    r->line = line;
-}
-
-/* backend memory | redis://HOST[:PORT][/DB] (HOST: a name, an IPv4
- * address or [IPv6]). */
-static void key_rl_backend(struct parser *p, void *base, const struct keydef *k, char **av, int line)
-{
-    struct ratelimit_cfg *r = base;
-    const char *v = av[0];
-    free(r->backend);
-    free(r->redis_host);
-    r->backend = NULL;
-    r->redis_host = NULL;
-    if (strcmp(v, "memory") == 0) {
-        r->backend = xstrdup(v);
-        return;
-    }
-    const char *h = strncmp(v, "redis://", 8) == 0 ? v + 8 : NULL;
-    char host[256] = "";
-    const char *e = NULL;
-    unsigned char a6[16];
-    if (h && h[0] == '[') {
-        const char *close = strchr(h, ']');
-        if (close && (size_t)(close - h - 1) < sizeof(host)) {
-            memcpy(host, h + 1, (size_t)(close - h - 1));
-            host[close - h - 1] = '\0';
-            e = inet_pton(AF_INET6, host, a6) == 1 ? close + 1 : NULL;
-        }
-    } else if (h) {
-        size_t n = strcspn(h, ":/");
-        if (n > 0 && n < sizeof(host)) {
-            memcpy(host, h, n);
-            host[n] = '\0';
-            e = valid_hostname(host) ? h + n : NULL;
-        }
-    }
-    uint64_t port = 6379, db = 0;
-    if (e && *e == ':') {
-        const char *d = parse_digits(e + 1, &port);
-        e = d && port >= 1 && port <= 65535 ? d : NULL;
-    }
-    if (e && *e == '/') {
-        const char *d = parse_digits(e + 1, &db);
-        e = d && db <= 255 ? d : NULL;
-    }
-    if (!e || *e != '\0') {
-        perr(p, line, "bad value `%s` for `backend`: expected %s (port 1-65535, database 0-255), such as "
-                      "redis://127.0.0.1:6379/0",
-             v, k->form);
-        return;
-    }
-    r->backend = xstrdup(v);
-    r->redis_host = xstrdup(host);
-    r->redis_port = (unsigned)port;
-    r->redis_db = (unsigned)db;
-}
-
-/* `ratelimit-for KEY {`: KEY is a login or @domain. 0, or -1 after an error. */
-static int open_ratelimit_for(struct parser *p, const char *key, int line)
-{
-    struct config *c = p->c;
-    size_t n = strlen(key);
-    int ok = n > 0 && n <= 256 && (key[0] != '@' || valid_domain(key + 1));
-    for (size_t i = 0; ok && i < n; i++)
-        ok = (unsigned char)key[i] > ' ' && key[i] != ':' && key[i] != 0x7f;
-    if (!ok) {
-        perr(p, line, "bad ratelimit-for key `%s`: expected a login (no spaces, control characters or `:`, at most "
-                      "256 bytes) or @domain",
-             key);
-        return -1;
-    }
-    char *k = xstrdup(key);
-    str_lower(k);
-    for (size_t i = 0; i < c->nratelimit_for; i++) {
-        if (strcmp(c->ratelimit_for[i].key, k) == 0) {
-            perr(p, line, "duplicate ratelimit-for block for %s (the first is at line %d)", k,
-                 c->ratelimit_for[i].line);
-            free(k);
-            return -1;
-        }
-    }
-    c->ratelimit_for = xrealloc(c->ratelimit_for, (c->nratelimit_for + 1) * sizeof(*c->ratelimit_for));
-    struct ratelimit_for_cfg *r = &c->ratelimit_for[c->nratelimit_for];
-    memset(r, 0, sizeof(*r));
-    r->key = k;
-    r->line = line;
-    r->detect = -1;
-    p->idx = c->nratelimit_for++;
-    return 0;
-}
-
-static void limit_default(struct rate_limit *r, const char *text, int bytes)
-{
-    char buf[64];
-    str_copy(buf, text, sizeof(buf));
-    char *hard = strchr(buf, ' ');
-    if (hard)
-        *hard++ = '\0';
-    if (parse_rate_limit(buf, hard, bytes, 1, r) != NULL)
-        abort(); /* a broken default: caught by the unit tests */
-}
-
-static void abuse_defaults(struct config *c)
-{
-    struct ratelimit_cfg *r = &c->ratelimit;
-    apply_defaults(r, ratelimit_keys, ARRAY_LEN(ratelimit_keys));
-    apply_defaults(&c->abuse, abuse_keys, ARRAY_LEN(abuse_keys));
-    /* Volume limits depend on the site (one NAT address may carry a whole
-     * office, one account a mailing list): off until configured. The
-     * brute-force limits only count failures: on. */
-    limit_default(&r->messages, "none", 0);
-    limit_default(&r->recipients, "none", 0);
-    limit_default(&r->bytes, "none", 1);
-    limit_default(&r->connections, "none", 0);
-    limit_default(&r->auth_ip, "none", 0);
-    limit_default(&r->auth_login, "none", 0);
-    limit_default(&r->fail_ip, "20/15m", 0);
-    limit_default(&r->fail_login, "50/15m", 0);
-}
-
-static void free_abuse(struct config *c)
-{
-    free(c->ratelimit.backend);
-    free(c->ratelimit.redis_host);
-    cidr_list_free(&c->ratelimit.exempt);
-    for (size_t i = 0; i < c->nratelimit_for; i++)
-        free(c->ratelimit_for[i].key);
-    free(c->ratelimit_for);
 }
 
 /* ---- blocks ----------------------------------------------------------------------- */
@@ -1355,21 +622,21 @@ static void open_block(struct parser *p, char **w, size_t n, int line)
 {
     /* w[n-1] is "{" */
     if (n == 1) {
-        perr(p, line, "`{` without a block name");
+        cfg_perr(p, line, "`{` without a block name");
         open_ignored(p, "{", line);
         return;
     }
     const struct blockdef *b = find_block(w[0]);
     if (!b) {
         if (find_key(&top_block, w[0], NULL)) {
-            perr(p, line, "`%s` is a key, not a block", w[0]);
+            cfg_perr(p, line, "`%s` is a key, not a block", w[0]);
         } else {
             struct strbuf m;
             sb_init(&m);
             for (size_t i = 0; i < ARRAY_LEN(blocks); i++)
                 sb_printf(&m, "%s%s%s%s", i ? ", " : "", blocks[i].name, blocks[i].arg ? " " : "",
                           blocks[i].arg ? blocks[i].arg : "");
-            perr(p, line, "unknown block `%s` (blocks: %s)", w[0], m.s);
+            cfg_perr(p, line, "unknown block `%s` (blocks: %s)", w[0], m.s);
             sb_free(&m);
         }
         open_ignored(p, w[0], line);
@@ -1378,42 +645,42 @@ static void open_block(struct parser *p, char **w, size_t n, int line)
     size_t nargs = n - 2;
     if (b->arg && nargs != 1) {
         if (b->kind == B_DKIM)
-            perr(p, line, "a `dkim` block needs one domain: `dkim DOMAIN {`");
+            cfg_perr(p, line, "a `dkim` block needs one domain: `dkim DOMAIN {`");
         else
-            perr(p, line, "a `%s` block needs one name: `%s %s {`", b->name, b->name, b->arg);
+            cfg_perr(p, line, "a `%s` block needs one name: `%s %s {`", b->name, b->name, b->arg);
         open_ignored(p, b->name, line);
         return;
     }
     if (!b->arg && nargs != 0) {
-        perr(p, line, "the `%s` block takes no name: `%s {`", b->name, b->name);
+        cfg_perr(p, line, "the `%s` block takes no name: `%s {`", b->name, b->name);
         open_ignored(p, b->name, line);
         return;
     }
-    if (b->kind == B_DKIM && !valid_dns_name(w[1])) {
-        perr(p, line,
+    if (b->kind == B_DKIM && !cv_valid_dns_name(w[1])) {
+        cfg_perr(p, line,
              "bad dkim domain `%s`: expected a domain name such as example.com (letters, digits and `-` in "
              "dot-separated labels, no trailing dot)",
              w[1]);
         open_ignored(p, b->name, line);
         return;
     }
-    if (b->kind == B_RLFOR && open_ratelimit_for(p, w[1], line) != 0) { /* abuse controls */
+    if (b->kind == B_RLFOR && cfg_open_ratelimit_for(p, w[1], line) != 0) { /* abuse controls */
         open_ignored(p, b->name, line);
         return;
     }
-    if (b->arg && b->kind != B_DKIM && b->kind != B_RLFOR && !valid_token(w[1], NAME_MAX_LEN)) {
-        perr(p, line, "bad %s name `%s`: use letters, digits, `.`, `_` and `-` (at most %d characters)", b->name,
+    if (b->arg && b->kind != B_DKIM && b->kind != B_RLFOR && !cv_valid_token(w[1], NAME_MAX_LEN)) {
+        cfg_perr(p, line, "bad %s name `%s`: use letters, digits, `.`, `_` and `-` (at most %d characters)", b->name,
              w[1], NAME_MAX_LEN);
         open_ignored(p, b->name, line);
         return;
     }
     struct config *c = p->c;
     if (b->kind == B_RLFOR) {
-        /* made by open_ratelimit_for() */
+        /* made by cfg_open_ratelimit_for() */
     } else if (!b->arg) {
         int *first = &p->single_line[b->kind - B_TLS];
         if (*first) {
-            perr(p, line, "duplicate `%s` block (the first is at line %d)", b->name, *first);
+            cfg_perr(p, line, "duplicate `%s` block (the first is at line %d)", b->name, *first);
             open_ignored(p, b->name, line);
             return;
         }
@@ -1421,7 +688,7 @@ static void open_block(struct parser *p, char **w, size_t n, int line)
     } else if (b->kind == B_LISTENER) {
         for (size_t i = 0; i < c->nlisteners; i++)
             if (strcmp(c->listeners[i].name, w[1]) == 0)
-                perr(p, line, "duplicate listener name `%s` (the first is at line %d)", w[1], c->listeners[i].line);
+                cfg_perr(p, line, "duplicate listener name `%s` (the first is at line %d)", w[1], c->listeners[i].line);
         c->listeners = xrealloc(c->listeners, (c->nlisteners + 1) * sizeof(*c->listeners));
         struct listener_cfg *l = &c->listeners[c->nlisteners];
         memset(l, 0, sizeof(*l));
@@ -1434,7 +701,7 @@ static void open_block(struct parser *p, char **w, size_t n, int line)
         str_lower(dom);
         for (size_t i = 0; i < c->ndkim; i++)
             if (strcmp(c->dkim[i].domain, dom) == 0)
-                perr(p, line, "duplicate dkim block for %s (the first is at line %d)", dom, c->dkim[i].line);
+                cfg_perr(p, line, "duplicate dkim block for %s (the first is at line %d)", dom, c->dkim[i].line);
         c->dkim = xrealloc(c->dkim, (c->ndkim + 1) * sizeof(*c->dkim));
         struct dkim_cfg *d = &c->dkim[c->ndkim];
         memset(d, 0, sizeof(*d));
@@ -1449,7 +716,7 @@ static void open_block(struct parser *p, char **w, size_t n, int line)
     } else {
         for (size_t i = 0; i < c->ntransports; i++)
             if (strcmp(c->transports[i].name, w[1]) == 0)
-                perr(p, line, "duplicate transport name `%s` (the first is at line %d)", w[1],
+                cfg_perr(p, line, "duplicate transport name `%s` (the first is at line %d)", w[1],
                      c->transports[i].line);
         c->transports = xrealloc(c->transports, (c->ntransports + 1) * sizeof(*c->transports));
         struct transport_cfg *t = &c->transports[c->ntransports];
@@ -1497,7 +764,7 @@ static void check_listener(struct parser *p, struct listener_cfg *l, int port_se
             continue;
         for (size_t j = 0; j < i; j++) {
             if (addr_key(l->addrs[j], b) == 0 && memcmp(a, b, sizeof(a)) == 0) {
-                perr(p, l->line, "listener `%s`: address %s is given twice", l->name, l->addrs[i]);
+                cfg_perr(p, l->line, "listener `%s`: address %s is given twice", l->name, l->addrs[i]);
                 break;
             }
         }
@@ -1507,7 +774,7 @@ static void check_listener(struct parser *p, struct listener_cfg *l, int port_se
                 continue;
             for (size_t j = 0; j < x->naddrs; j++) {
                 if (addr_key(x->addrs[j], b) == 0 && memcmp(a, b, sizeof(a)) == 0)
-                    perr(p, l->line, "listener `%s`: %s port %u is already used by listener `%s` (line %d)",
+                    cfg_perr(p, l->line, "listener `%s`: %s port %u is already used by listener `%s` (line %d)",
                          l->name, l->addrs[i], (unsigned)l->port, x->name, x->line);
             }
         }
@@ -1525,45 +792,11 @@ static void check_trusted(struct parser *p, const struct listener_cfg *l, int tl
                       : l->port == 465                ? "port 465 is"
                                                       : NULL;
     if (why)
-        perr(p, tline,
+        cfg_perr(p, tline,
              "`trusted` is not allowed on listener `%s`: %s for submission, where MAIL needs TLS and AUTH; add a "
              "separate listener for local applications (for example port 25 or 10025 with address 127.0.0.1) and "
              "put `trusted` there",
              l->name, why);
-}
-
-static char **str_array(const char *const *v, size_t n)
-{
-    char **out = xcalloc(n ? n : 1, sizeof(*out));
-    for (size_t i = 0; i < n; i++)
-        out[i] = xstrdup(v[i]);
-    return out;
-}
-
-/* A closed dkim block: a key, the default lists, From signed, the
- * oversigned fields among the signed ones. */
-static void check_dkim(struct parser *p, struct dkim_cfg *d, int have_key)
-{
-    if (!have_key)
-        perr(p, d->line,
-             "the dkim block for %s has no key: add `key SELECTOR FILE` (make one with `submitctl dkim keygen %s "
-             "SELECTOR`)",
-             d->domain, d->domain);
-    if (!p->names_line[0]) {
-        d->headers = str_array(dkim_default_headers, dkim_default_headers_count);
-        d->nheaders = dkim_default_headers_count;
-    } else if (!name_listed(d->headers, d->nheaders, "from")) {
-        perr(p, p->names_line[0], "`headers` must include from: RFC 6376 (5.4) requires the From field to be signed");
-    }
-    if (!p->names_line[1]) {
-        static const char *const from[] = {"from"};
-        d->oversign = str_array(from, 1);
-        d->noversign = 1;
-    }
-    for (size_t i = 0; p->names_line[1] && i < d->noversign; i++) /* the default, From: checked above */
-        if (!name_listed(d->headers, d->nheaders, d->oversign[i]))
-            perr(p, p->names_line[1], "oversign %s: not among the signed header fields (add it to `headers`)",
-                 d->oversign[i]);
 }
 
 /* Required keys and cross-checks of a block that was closed. */
@@ -1573,7 +806,7 @@ static void finish_block(struct parser *p)
     void *base = block_base(p);
     for (size_t i = 0; i < b->nkeys; i++)
         if ((b->keys[i].flags & K_REQUIRED) && !p->seen[i])
-            perr(p, p->blk_line, "missing required key `%s` in this %s block", b->keys[i].name, b->name);
+            cfg_perr(p, p->blk_line, "missing required key `%s` in this %s block", b->keys[i].name, b->name);
     size_t i1 = 0, i2 = 0;
     switch (b->kind) {
     case B_LIMITS: {
@@ -1581,7 +814,7 @@ static void finish_block(struct parser *p)
         find_key(b, "auth-delay", &i1);
         find_key(b, "auth-delay-max", &i2);
         if (L->auth_delay_max_ms < L->auth_delay_ms)
-            perr(p, p->seen[i2] ? p->seen[i2] : p->seen[i1],
+            cfg_perr(p, p->seen[i2] ? p->seen[i2] : p->seen[i1],
                  "auth-delay-max (%u ms) must not be less than auth-delay (%u ms)", L->auth_delay_max_ms,
                  L->auth_delay_ms);
         break;
@@ -1591,7 +824,7 @@ static void finish_block(struct parser *p)
         find_key(b, "retry-initial", &i1);
         find_key(b, "retry-max", &i2);
         if (q->retry_max < q->retry_initial)
-            perr(p, p->seen[i2] ? p->seen[i2] : p->seen[i1],
+            cfg_perr(p, p->seen[i2] ? p->seen[i2] : p->seen[i1],
                  "retry-max (%u s) must not be less than retry-initial (%u s)", q->retry_max, q->retry_initial);
         break;
     }
@@ -1603,7 +836,7 @@ static void finish_block(struct parser *p)
         break;
     case B_DKIM:
         find_key(b, "key", &i1);
-        check_dkim(p, base, p->seen[i1] != 0);
+        cfg_check_dkim(p, base, p->seen[i1] != 0);
         break;
     case B_TOP:
     case B_TLS:
@@ -1655,7 +888,7 @@ static int tokenize(struct parser *p, char *s, int line, struct words *out)
         if (*r == '\0' || *r == '#')
             return 0;
         if (out->n == MAX_WORDS) {
-            perr(p, line, "too many words on one line (at most %d)", MAX_WORDS);
+            cfg_perr(p, line, "too many words on one line (at most %d)", MAX_WORDS);
             return -1;
         }
         char *w = r, *o = r;
@@ -1665,7 +898,7 @@ static int tokenize(struct parser *p, char *s, int line, struct words *out)
             for (;;) {
                 unsigned char ch = (unsigned char)*r;
                 if (ch == '\0') {
-                    perr(p, line, "unterminated quoted string (missing closing `\"`)");
+                    cfg_perr(p, line, "unterminated quoted string (missing closing `\"`)");
                     return -1;
                 }
                 if (ch == '"') {
@@ -1674,7 +907,7 @@ static int tokenize(struct parser *p, char *s, int line, struct words *out)
                 }
                 if (ch == '\\') {
                     if (r[1] != '"' && r[1] != '\\') {
-                        perr(p, line, "bad escape in quoted string: only \\\" and \\\\ are allowed");
+                        cfg_perr(p, line, "bad escape in quoted string: only \\\" and \\\\ are allowed");
                         return -1;
                     }
                     *o++ = r[1];
@@ -1682,24 +915,24 @@ static int tokenize(struct parser *p, char *s, int line, struct words *out)
                     continue;
                 }
                 if (is_ctl(ch)) {
-                    perr(p, line, "control character 0x%02x in quoted string", ch);
+                    cfg_perr(p, line, "control character 0x%02x in quoted string", ch);
                     return -1;
                 }
                 *o++ = (char)ch;
                 r++;
             }
             if (*r != '\0' && *r != '#' && !is_space(*r)) {
-                perr(p, line, "text right after a closing `\"` (separate words with a space)");
+                cfg_perr(p, line, "text right after a closing `\"` (separate words with a space)");
                 return -1;
             }
         } else {
             while (*r != '\0' && *r != '#' && !is_space(*r)) {
                 if (*r == '"') {
-                    perr(p, line, "unexpected `\"` inside a word (quote the whole value)");
+                    cfg_perr(p, line, "unexpected `\"` inside a word (quote the whole value)");
                     return -1;
                 }
                 if (is_ctl((unsigned char)*r)) {
-                    perr(p, line, "control character 0x%02x", (unsigned char)*r);
+                    cfg_perr(p, line, "control character 0x%02x", (unsigned char)*r);
                     return -1;
                 }
                 o++;
@@ -1756,7 +989,7 @@ static void unknown_key(struct parser *p, const struct blockdef *b, const char *
     else if (b->kind == B_TOP && find_block(key))
         sb_printf(&m, " (`%s` is a block: `%s%s%s {` ... `}`)", key, key, find_block(key)->arg ? " " : "",
                   find_block(key)->arg ? find_block(key)->arg : "");
-    perr(p, line, "%s", m.s);
+    cfg_perr(p, line, "%s", m.s);
     sb_free(&m);
 }
 
@@ -1775,7 +1008,7 @@ static void do_key(struct parser *p, struct words *w, int line)
         return;
     }
     if (!(k->flags & K_MULTI) && seen[ki]) {
-        perr(p, line, "duplicate key `%s` (first set at line %d)", k->name, seen[ki]);
+        cfg_perr(p, line, "duplicate key `%s` (first set at line %d)", k->name, seen[ki]);
         return;
     }
     seen[ki] = line;
@@ -1786,15 +1019,15 @@ static void do_key(struct parser *p, struct words *w, int line)
         sb_init(&d);
         describe(&d, k);
         if (want_max == MAX_WORDS - 1)
-            perr(p, line, "`%s` takes at least %zu value%s (%s %s)", k->name, want, want == 1 ? "" : "s", k->name,
+            cfg_perr(p, line, "`%s` takes at least %zu value%s (%s %s)", k->name, want, want == 1 ? "" : "s", k->name,
                  d.s);
         else if (want != want_max)
-            perr(p, line, "`%s` takes %zu to %zu values (%s %s), not %zu", k->name, want, want_max, k->name, d.s,
+            cfg_perr(p, line, "`%s` takes %zu to %zu values (%s %s), not %zu", k->name, want, want_max, k->name, d.s,
                  w->n - 1);
         else if (want == 1)
-            perr(p, line, "`%s` takes one value, %s, not %zu", k->name, d.s, w->n - 1);
+            cfg_perr(p, line, "`%s` takes one value, %s, not %zu", k->name, d.s, w->n - 1);
         else
-            perr(p, line, "`%s` takes %zu values (%s %s), not %zu", k->name, want, k->name, d.s, w->n - 1);
+            cfg_perr(p, line, "`%s` takes %zu values (%s %s), not %zu", k->name, want, k->name, d.s, w->n - 1);
         sb_free(&d);
         return;
     }
@@ -1807,12 +1040,12 @@ static void do_key(struct parser *p, struct words *w, int line)
         struct strbuf d;
         sb_init(&d);
         describe(&d, k);
-        perr(p, line, "bad value `%s` for `%s`: expected %s", w->w[1], k->name, d.s);
+        cfg_perr(p, line, "bad value `%s` for `%s`: expected %s", w->w[1], k->name, d.s);
         sb_free(&d);
         return;
     }
     if (k->type == V_PATH && (k->flags & K_READ))
-        check_file(p, line, k->form, *(char **)field(base, k->off), (k->flags & K_SECRET) != 0);
+        cfg_check_file(p, line, k->form, *(char **)cfg_field(base, k->off), (k->flags & K_SECRET) != 0);
 }
 
 static void do_line(struct parser *p, char *s, int line)
@@ -1824,11 +1057,11 @@ static void do_line(struct parser *p, char *s, int line)
     int closes = is_bare(&w, 0, "}");
     for (size_t i = 0; i < w.n; i++) {
         if (i + 1 < w.n && is_bare(&w, i, "{")) {
-            perr(p, line, "`{` must end the line (one key per line, `}` on its own line)");
+            cfg_perr(p, line, "`{` must end the line (one key per line, `}` on its own line)");
             return;
         }
         if ((i > 0 || w.n > 1) && is_bare(&w, i, "}")) {
-            perr(p, line, "`}` must be on its own line");
+            cfg_perr(p, line, "`}` must be on its own line");
             closes = 1;
             break;
         }
@@ -1839,7 +1072,7 @@ static void do_line(struct parser *p, char *s, int line)
         else if (p->open)
             close_block(p);
         else
-            perr(p, line, "`}` without an open block");
+            cfg_perr(p, line, "`}` without an open block");
         return;
     }
     if (opens) {
@@ -1848,7 +1081,7 @@ static void do_line(struct parser *p, char *s, int line)
             return;
         }
         if (!p->ignore && p->nested == 0)
-            perr(p, line, "nested blocks are not allowed: `%s` inside the %s block opened at line %d (close it with "
+            cfg_perr(p, line, "nested blocks are not allowed: `%s` inside the %s block opened at line %d (close it with "
                           "`}` first)",
                  w.w[0], p->blk_name, p->blk_line);
         p->nested++;
@@ -1873,7 +1106,7 @@ static void finish(struct parser *p)
 {
     struct config *c = p->c;
     if (p->open)
-        perr(p, p->blk_line, "unclosed %s block: missing `}`", p->blk_name);
+        cfg_perr(p, p->blk_line, "unclosed %s block: missing `}`", p->blk_name);
 
     int have_default = 0;
     for (size_t i = 0; i < c->nroutes; i++) {
@@ -1881,22 +1114,22 @@ static void finish(struct parser *p)
         if (strcmp(r->pattern, "*") == 0)
             have_default = 1;
         if (!find_transport(c, r->transport))
-            perr(p, r->line, "route `%s`: no transport named `%s` (define it with `transport %s { ... }`)",
+            cfg_perr(p, r->line, "route `%s`: no transport named `%s` (define it with `transport %s { ... }`)",
                  r->pattern, r->transport, r->transport);
     }
     if (!have_default)
-        perr(p, 0, "no default route: add `route * TRANSPORT`");
+        cfg_perr(p, 0, "no default route: add `route * TRANSPORT`");
 
     for (size_t i = 0; i < ARRAY_LEN(top_keys); i++)
         if ((top_keys[i].flags & K_REQUIRED) && !p->seen_top[i])
-            perr(p, 0, "missing required key `%s`", top_keys[i].name);
+            cfg_perr(p, 0, "missing required key `%s`", top_keys[i].name);
 
     if (c->nlisteners == 0)
-        perr(p, 0, "no listener: add a `listener NAME { port ...; mode ... }` block");
+        cfg_perr(p, 0, "no listener: add a `listener NAME { port ...; mode ... }` block");
     for (size_t i = 0; i < c->nlisteners; i++) {
         const struct listener_cfg *l = &c->listeners[i];
         if (l->ncerts == 0 && c->tls.ncerts == 0)
-            perr(p, l->line,
+            cfg_perr(p, l->line,
                  "listener `%s` has no certificate: add `certificate CRT KEY` to the tls block or to this listener",
                  l->name);
     }
@@ -1904,7 +1137,7 @@ static void finish(struct parser *p)
     if (!c->hostname) {
         char h[256];
         memset(h, 0, sizeof(h));
-        int ok = gethostname(h, sizeof(h) - 1) == 0 && valid_hostname(h);
+        int ok = gethostname(h, sizeof(h) - 1) == 0 && cv_valid_hostname(h);
         c->hostname = xstrdup(ok ? h : "localhost");
     }
     for (size_t i = 0; i < c->ntransports; i++)
@@ -1987,7 +1220,7 @@ static void config_free(struct config *c)
         free(d->oversign);
     }
     free(c->dkim);
-    free_abuse(c);
+    cfg_free_abuse(c);
     free(c);
 }
 
@@ -2006,7 +1239,9 @@ static struct config *parse_text(const char *name, const char *basedir, char *te
     apply_defaults(&c->tls, tls_keys, ARRAY_LEN(tls_keys));
     apply_defaults(&c->limits, limits_keys, ARRAY_LEN(limits_keys));
     apply_defaults(&c->queue, queue_keys, ARRAY_LEN(queue_keys));
-    abuse_defaults(c);
+    apply_defaults(&c->ratelimit, ratelimit_keys, ARRAY_LEN(ratelimit_keys));
+    apply_defaults(&c->abuse, abuse_keys, ARRAY_LEN(abuse_keys));
+    cfg_abuse_defaults(c);
 
     struct parser p;
     memset(&p, 0, sizeof(p));
@@ -2017,7 +1252,7 @@ static struct config *parse_text(const char *name, const char *basedir, char *te
     p.no_file_checks = !file_checks;
 
     if (strlen(text) != len) {
-        perr(&p, 0, "contains a NUL byte: not a text file");
+        cfg_perr(&p, 0, "contains a NUL byte: not a text file");
     } else {
         int line = 0;
         char *s = text, *end = text + len;
@@ -2049,7 +1284,7 @@ static char *dir_of(const char *path)
     char cwd[PATH_MAX];
     if (!getcwd(cwd, sizeof(cwd)))
         return dir;
-    char *abs = strcmp(dir, ".") == 0 ? xstrdup(cwd) : abs_path(cwd, dir);
+    char *abs = strcmp(dir, ".") == 0 ? xstrdup(cwd) : cv_abs_path(cwd, dir);
     free(dir);
     return abs;
 }
@@ -2149,30 +1384,3 @@ const struct listener_cfg *config_listener(const struct config *c, const char *n
     return NULL;
 }
 
-const struct dkim_cfg *config_dkim(const struct config *c, const char *domain)
-{
-    if (!c || !domain)
-        return NULL;
-    for (const char *s = domain; s && *s;) {
-        for (size_t i = 0; i < c->ndkim; i++)
-            if (str_ieq(c->dkim[i].domain, s) && (s == domain || c->dkim[i].subdomains))
-                return &c->dkim[i];
-        s = strchr(s, '.');
-        if (s)
-            s++;
-    }
-    return NULL;
-}
-
-void config_dkim_active(const struct dkim_cfg *d, int64_t now, const struct dkim_key_cfg *out[2])
-{
-    out[0] = out[1] = NULL;
-    for (size_t i = 0; d && i < d->nkeys; i++) {
-        const struct dkim_key_cfg *k = &d->keys[i];
-        int slot = k->alg == DKIM_ALG_RSA_SHA256 ? 0 : k->alg == DKIM_ALG_ED25519_SHA256 ? 1 : -1;
-        if (slot < 0 || k->not_before > now)
-            continue;
-        if (!out[slot] || k->not_before >= out[slot]->not_before)
-            out[slot] = k;
-    }
-}
