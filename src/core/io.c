@@ -338,7 +338,9 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     struct io *io = arg;
     (void)fd;
     if (what & EV_TIMEOUT) {
-        if ((io->read_on || io->handshaking) && io->ev)
+        /* event_add(NULL) keeps an earlier timeout rather than pay for an
+         * event_del: a timer from before a pause or a change is ignored */
+        if ((io->read_on || io->handshaking) && io->read_ms && io->ev)
             io->ev(io, IO_EV_TIMEOUT, io->arg);
         return;
     }
@@ -377,7 +379,7 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     struct io *io = arg;
     (void)fd;
     if (what & EV_TIMEOUT) {
-        if (io->ev)
+        if (io->write_ms && io->ev) /* (an earlier timeout, as in on_read, is ignored) */
             io->ev(io, IO_EV_TIMEOUT, io->arg);
         return;
     }
