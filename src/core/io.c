@@ -223,12 +223,11 @@ static int flush_out(struct io *io)
             evbuffer_drain(io->out, (size_t)r);
             continue;
         }
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            if (errno != EINTR) {
-                arm_write(io, 1);
-                return 1;
-            }
+        if (r < 0 && errno == EINTR)
             continue;
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            arm_write(io, 1);
+            return 1;
         }
         return -1;
     }
@@ -410,12 +409,9 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     }
     if (evbuffer_get_length(io->out) > 0 && !io->wev_on) {
         int rc = flush_out(io);
-        if (rc != 0 || io->pending_ssl) {
-            after_flush(io, rc);
-            return;
-        }
-        if ((io->eof || evbuffer_get_length(io->in) > 0 || (io->ssl && SSL_has_pending(io->ssl))) && io->read_on)
-            kick(io); /* input too: next round, after the drained callback */
+        if (rc == 0 && !io->pending_ssl && io->read_on &&
+            (evbuffer_get_length(io->in) > 0 || (io->ssl && SSL_has_pending(io->ssl))))
+            kick(io); /* input too: next round, after the drained callback (an EOF: after_flush) */
         after_flush(io, rc);
         return;
     }

@@ -563,13 +563,9 @@ static int sign_ed25519(EVP_PKEY *key, const unsigned char *ed_sk, const char *h
             return -1;
         ed_sk = own;
     }
-    unsigned char d[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256_state h;
-    crypto_hash_sha256_init(&h);
-    crypto_hash_sha256_update(&h, (const unsigned char *)hdrs, hlen);
-    crypto_hash_sha256_update(&h, (const unsigned char *)sigfield, slen);
-    crypto_hash_sha256_final(&h, d);
-    int rc = crypto_sign_detached(sig, NULL, d, sizeof(d), ed_sk);
+    unsigned char d[32];
+    struct iovec parts[2] = {{.iov_base = (void *)hdrs, .iov_len = hlen}, {.iov_base = (void *)sigfield, .iov_len = slen}};
+    int rc = sha256_iov(parts, 2, d) == 0 ? crypto_sign_detached(sig, NULL, d, sizeof(d), ed_sk) : -1;
     if (ed_sk == own)
         mem_wipe(own, sizeof(own));
     return rc == 0 ? 0 : -1;
@@ -597,7 +593,7 @@ int dkim_sig_compute(EVP_PKEY *key, const unsigned char *ed_sk, enum dkim_alg al
     int ok;
     if (alg == DKIM_ALG_RSA_SHA256) {
         EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-        ok = ctx && EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, key) == 1 &&
+        ok = ctx && EVP_DigestSignInit(ctx, NULL, sha256_md(), NULL, key) == 1 &&
              EVP_DigestSignUpdate(ctx, hdrs, hlen) == 1 && EVP_DigestSignUpdate(ctx, sigfield, slen) == 1 &&
              EVP_DigestSignFinal(ctx, sig, &siglen) == 1;
         EVP_MD_CTX_free(ctx);

@@ -166,3 +166,17 @@ def test_sigterm_idle_daemon_exits_zero(make_daemon):
     d.stop()
     c.expect(421, "4.3.2")
     c.close()
+
+
+def test_threads_named_by_role(make_daemon):
+    """Every thread is named submitd-<role>, so that top -H, ps -L and perf
+    tell the pools apart."""
+    import os
+    d = make_daemon()
+    names = set()
+    for tid in os.listdir(f"/proc/{d.pid}/task"):
+        with open(f"/proc/{d.pid}/task/{tid}/comm") as f:
+            names.add(f.read().strip())
+    # the main thread keeps the program's name; every other one has a role
+    assert {"submitd-loop", "submitd-commit", "submitd-deliver", "submitd-auth", "submitd-control"} <= names, names
+    assert all(n == "submitd" or n.startswith("submitd-") for n in names), names

@@ -23,20 +23,7 @@
 #include "control/control.h"
 #include "core/log.h"
 #include "core/util.h"
-
-static char *make_tmpdir(void)
-{
-    char t[] = "/tmp/test_control.XXXXXX";
-    assert_non_null(mkdtemp(t));
-    return xstrdup(t);
-}
-
-static void rm_rf(const char *path)
-{
-    char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
-    assert_int_equal(system(cmd), 0);
-}
+#include "tmpdir.h"
 
 /* echo: the words after the verb, one per line. */
 static int echo_fn(void *arg, int argc, char **argv, struct strbuf *out)
@@ -103,7 +90,7 @@ static char *raw(const char *path, const char *data, size_t n)
 static void test_round_trip(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_control");
     char path[256];
     snprintf(path, sizeof(path), "%s/control.sock", dir);
     int calls = 0;
@@ -186,7 +173,7 @@ static void test_round_trip(void **state)
 static void test_stale_long_and_not_socket(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_control");
     char path[700];
     /* a stale socket (nobody listening) is replaced */
     snprintf(path, sizeof(path), "%s/stale.sock", dir);
@@ -243,7 +230,7 @@ static void test_peer_refused(void **state)
         skip();
         return;
     }
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_control");
     assert_int_equal(chmod(dir, 0755), 0);
     char path[256];
     snprintf(path, sizeof(path), "%s/control.sock", dir);

@@ -23,24 +23,11 @@
 #include <unistd.h>
 
 #include "core/util.h"
+#include "tmpdir.h"
 #include "queue/journal.h"
 #include "queue/spool.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
-
-static char *make_tmpdir(void)
-{
-    char t[] = "/tmp/test_journal.XXXXXX";
-    assert_non_null(mkdtemp(t));
-    return xstrdup(t);
-}
-
-static void rm_rf(const char *path)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
-    assert_int_equal(system(cmd), 0);
-}
 
 /* Regular files in dir/sub. */
 static int count_in(const char *dir, const char *sub)
@@ -169,7 +156,7 @@ static void damage(const char *dir, const char *needle)
 static void test_commit_read_remove_restart(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_journal");
     struct spool *s = open_spool(dir);
     char a[QID_LEN + 1], b[QID_LEN + 1], c[QID_LEN + 1];
     const char *ba = "Subject: a\r\n\r\nfirst\r\n", *bb = "Subject: b\r\n\r\nsecond\r\n";
@@ -217,7 +204,7 @@ static void test_commit_read_remove_restart(void **state)
 static void test_torn_record(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_journal");
     struct spool *s = open_spool(dir);
     char a[QID_LEN + 1], b[QID_LEN + 1];
     commit_msg(s, a, "Subject: a\r\n\r\nALPHA-BODY\r\n");
@@ -251,7 +238,7 @@ static void test_torn_record(void **state)
 static void test_moved_out_for_status_log(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_journal");
     struct spool *s = open_spool(dir);
     char id[QID_LEN + 1];
     const char *body = "Subject: r\r\n\r\nretry me\r\n";
@@ -299,7 +286,7 @@ static void test_moved_out_for_status_log(void **state)
 static void test_files_when_big_or_off(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_journal");
     struct spool *s = open_spool(dir);
     size_t n = JOURNAL_PAYLOAD_MAX;
     char *big = xmalloc(n);
@@ -338,7 +325,7 @@ struct jdir {
 
 static struct jdir jdir_new(void)
 {
-    struct jdir d = {.dir = make_tmpdir()};
+    struct jdir d = {.dir = make_tmpdir("test_journal")};
     char p[512];
     snprintf(p, sizeof(p), "%s/j", d.dir);
     assert_int_equal(mkdir(p, 0700), 0);

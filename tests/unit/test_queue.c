@@ -28,25 +28,12 @@
 #include "core/config.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "tmpdir.h"
 #include "queue/queue.h"
 #include "queue/spool.h"
 #include "queue/transport.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
-
-static char *make_tmpdir(void)
-{
-    char t[] = "/tmp/test_queue.XXXXXX";
-    assert_non_null(mkdtemp(t));
-    return xstrdup(t);
-}
-
-static void rm_rf(const char *path)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
-    assert_int_equal(system(cmd), 0);
-}
 
 static char *path_of(const char *a, const char *b)
 {
@@ -284,7 +271,7 @@ struct qfix {
 
 static void qfix_init(struct qfix *f)
 {
-    f->dir = make_tmpdir();
+    f->dir = make_tmpdir("test_queue");
     f->sp = path_of(f->dir, "spool");
     f->md = path_of(f->dir, "mail");
     f->blocker = path_of(f->dir, "blocker");
@@ -340,7 +327,7 @@ static int sink_out(void *arg, const void *buf, size_t n)
 static void test_stream(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_queue");
     struct spool *s = open_spool(dir);
     size_t n;
     char *msg = big_message(&n);
@@ -435,7 +422,7 @@ static void run_maildir(const char *tmpl, struct spool_msg *m, struct delivery_r
 static void test_maildir_layout(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_queue");
     char *sp = path_of(dir, "spool"), *md = path_of(dir, "a/b/mail");
     struct spool *s = open_spool(sp);
     size_t n;
@@ -521,7 +508,7 @@ static void test_maildir_layout(void **state)
 static void test_maildir_expand_and_check(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_queue");
     char *sp = path_of(dir, "spool");
     struct spool *s = open_spool(sp);
     const char *rc[] = {"Jo/e@Ex.AMPLE.test", ".hidden@x.test", "plain@Y.test"};
@@ -591,7 +578,7 @@ static void test_maildir_expand_and_check(void **state)
 static void test_maildir_failure(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_queue");
     char *sp = path_of(dir, "spool"), *blocker = path_of(dir, "blocker");
     char *md = path_of(blocker, "mail");
     struct spool *s = open_spool(sp);
@@ -636,7 +623,7 @@ static struct queue *start_queue(struct spool *s, struct config *c)
 static void test_queue_end_to_end(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_queue");
     char *sp = path_of(dir, "spool"), *md = path_of(dir, "mail");
     char *newd = path_of(md, "new"), *qd = path_of(sp, "queue");
     struct spool *s = open_spool(sp);
@@ -703,7 +690,7 @@ static int has_retry_record(void *arg)
 static void test_queue_retry_restart_reload(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_queue");
     char *sp = path_of(dir, "spool"), *md = path_of(dir, "mail"), *blocker = path_of(dir, "blocker");
     char *badmd = path_of(blocker, "mail"), *newd = path_of(md, "new"), *qd = path_of(sp, "queue");
     FILE *f = fopen(blocker, "w");
@@ -798,7 +785,7 @@ static void test_queue_retry_restart_reload(void **state)
 static void test_queue_lifetime_and_corrupt(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_queue");
     char *sp = path_of(dir, "spool"), *blocker = path_of(dir, "blocker");
     char *badmd = path_of(blocker, "mail"), *qd = path_of(sp, "queue"), *cd = path_of(sp, "corrupt");
     FILE *f = fopen(blocker, "w");
@@ -1250,7 +1237,7 @@ static void test_queue_operator(void **state)
 static void test_queue_new_errors(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_queue");
     struct spool *s = open_spool(dir);
     struct test_cfg tc;
     cfg_init(&tc, "/x/%d");

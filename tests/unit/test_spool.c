@@ -26,23 +26,10 @@
 
 #include "core/log.h"
 #include "core/util.h"
+#include "tmpdir.h"
 #include "queue/spool.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
-
-static char *make_tmpdir(void)
-{
-    char t[] = "/tmp/test_spool.XXXXXX";
-    assert_non_null(mkdtemp(t));
-    return xstrdup(t);
-}
-
-static void rm_rf(const char *path)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
-    assert_int_equal(system(cmd), 0);
-}
 
 /* Names in dir/sub, sorted, joined by ','. */
 static char *list_dir(const char *dir, const char *sub)
@@ -342,7 +329,7 @@ static void test_env_decode_errors(void **state)
 static void test_commit_open_pread(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_spool");
     struct spool *s = open_spool(dir);
     assert_string_equal(spool_dir(s), dir);
     char p[512];
@@ -439,7 +426,7 @@ static void test_commit_open_pread(void **state)
 static void test_abort_and_commit_failures(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_spool");
     struct spool *s = open_spool(dir);
     char id[QID_LEN + 1];
     char *l;
@@ -527,7 +514,7 @@ static off_t file_size(const char *path)
 static void test_status_log(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_spool");
     struct spool *s = open_spool(dir);
     char id[QID_LEN + 1], st[512], err[160];
     commit_msg(s, id, "Subject: x\r\n\r\nbody\r\n", 20, 4);
@@ -656,7 +643,7 @@ static void crc_line(const char *payload, char *out, size_t n)
 static void test_status_log_hold_and_reports(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_spool");
     struct spool *s = open_spool(dir);
     char id[QID_LEN + 1], dsn[QID_LEN + 1], st[512], err[160];
     commit_msg(s, id, "Subject: x\r\n\r\nbody\r\n", 20, 3);
@@ -755,7 +742,7 @@ static void test_status_log_hold_and_reports(void **state)
 static void test_corrupt_files(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_spool");
     struct spool *s = open_spool(dir);
     char id[QID_LEN + 1], p[512], err[160];
     struct spool_msg *m;
@@ -838,7 +825,7 @@ static void collect(void *arg, const char *id)
 static void test_scan_and_open_cleanup(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_spool");
     char sub[512];
     snprintf(sub, sizeof(sub), "%s/deeper/spool", dir);
     struct spool *s = open_spool(sub);
@@ -945,7 +932,7 @@ static void *cc_thread(void *arg)
 /* journal: the messages go to the journal (queue/ stays empty) */
 static void concurrent_commits(int journal)
 {
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_spool");
     struct spool *s = journal ? open_spool_journal(dir) : open_spool(dir);
     static struct cc_arg args[CC_THREADS];
     pthread_t th[CC_THREADS];
@@ -1014,7 +1001,7 @@ static ino_t inode_of(const char *dir, const char *sub, const char *name)
 static void test_recycled_files(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
+    char *dir = make_tmpdir("test_spool");
     struct spool *s = open_spool(dir);
     size_t big = 100000;
     char *body = xmalloc(big);
