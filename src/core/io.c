@@ -22,11 +22,18 @@
  * TLS" included) has reached the socket, reading nothing meanwhile; then
  * any plaintext input already buffered is dropped and OpenSSL takes the fd.
  * Bytes the client sent after STARTTLS and that are still in the kernel are
- * read by OpenSSL as TLS records and make the handshake fail. */
+ * read by OpenSSL as TLS records and make the handshake fail.
+ *
+ * OpenSSL reads the socket itself (read-ahead on) but writes into io->wire
+ * through a BIO of ours that never blocks; the io writes the wire bytes to
+ * the socket. So what OpenSSL produces in separate calls leaves together:
+ * the TLS 1.3 session ticket written at the end of the handshake goes out
+ * with the reply to the command that came with the client's Finished. */
 #include "core/io.h"
 
 #include <errno.h>
 #include <openssl/err.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +45,8 @@
 
 #define IO_READ_CHUNK 16384
 #define IO_WRITE_CHUNK 16384
+/* TLS output encrypted ahead of the socket (io->wire) before writing */
+#define IO_WIRE_BATCH (4 * IO_WRITE_CHUNK)
 /* Input buffered and not yet taken by the owner (paused, or not taking
  * commands while its replies are not being read) before reading stops;
  * it goes on when the owner drains below it. Above the longest line the
@@ -55,6 +64,7 @@ struct io {
     struct event *wev;  /* EV_WRITE | EV_PERSIST on fd, added while output is blocked */
     struct event *kick; /* not on the fd: runs flushes and deferred input from the active queue */
     struct evbuffer *in, *out;
+    struct evbuffer *wire; /* TLS records OpenSSL wrote, not yet on the socket */
     int read_on;     /* the owner wants input */
     int rev_on;      /* rev is added */
     int wev_on;      /* wev is added */
@@ -63,7 +73,6 @@ struct io {
     int eof;         /* the peer closed, or reading failed */
     int eof_told;    /* ... and the owner was told */
     int eof_input_given; /* input buffered before it was handed over once */
-    int ssl_wants_write_for_read; /* SSL_read returned WANT_WRITE */
     io_read_cb rd;
     io_drain_cb drained;
     io_event_cb ev;
@@ -86,13 +95,15 @@ static void tv_ms(struct timeval *tv, unsigned ms)
 }
 
 /* (Re)adds the read event: with the read timeout while the owner wants
- * input; reading stops only while STARTTLS drains output, after the end of
- * input, or while IO_INPUT_MAX is buffered. Re-adding a pending event only
- * moves its timer (no epoll_ctl). */
+ * input; reading stops only after the end of input, while IO_INPUT_MAX is
+ * buffered, or while STARTTLS drains output and input arrives (the event
+ * stays registered until then: the swap normally follows at once, and
+ * removing and re-adding it would cost two epoll_ctl). Re-adding a pending
+ * event only moves its timer (no epoll_ctl). */
 static void arm_read(struct io *io)
 {
     io->input_full = !io->handshaking && evbuffer_get_length(io->in) >= IO_INPUT_MAX;
-    int want = !io->pending_ssl && !io->eof && !io->input_full;
+    int want = !io->eof && !io->input_full;
     if (!want) {
         if (io->rev_on) {
             event_del(io->rev);
@@ -177,12 +188,10 @@ static enum rd_res read_some(struct io *io)
         }
         evbuffer_commit_space(io->in, &v, 0);
         int err = SSL_get_error(io->ssl, r);
-        io->ssl_wants_write_for_read = err == SSL_ERROR_WANT_WRITE;
-        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-            if (err == SSL_ERROR_WANT_WRITE)
-                arm_write(io, 1);
-            return res;
-        }
+        if (evbuffer_get_length(io->wire) > 0)
+            kick(io); /* OpenSSL answered something (a key update): it goes out with the next flush */
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE)
+            return res; /* (no WANT_WRITE: the wire BIO never blocks) */
         if (err == SSL_ERROR_ZERO_RETURN || (err == SSL_ERROR_SYSCALL && ERR_peek_error() == 0))
             return res == RD_DATA ? res : RD_EOF; /* close_notify, or a close without it (allowed) */
         log_ssl_errors(io, "read");
@@ -192,35 +201,17 @@ static enum rd_res read_some(struct io *io)
 
 /* ---- writing ------------------------------------------------------------------- */
 
-/* Writes what io->out holds until it is empty or the socket is full.
- * 0 (out empty), 1 (blocked: wev added), -1 (error). */
-static int flush_out(struct io *io)
+/* Writes buf (io->out when plain, io->wire with TLS) to the socket.
+ * 0 (empty), 1 (blocked: wev added), -1 (error). */
+static int send_all(struct io *io, struct evbuffer *buf)
 {
-    while (evbuffer_get_length(io->out) > 0) {
-        size_t len = evbuffer_get_length(io->out);
-        if (io->ssl) {
-            size_t n = len < IO_WRITE_CHUNK ? len : IO_WRITE_CHUNK;
-            const void *p = evbuffer_pullup(io->out, (ev_ssize_t)n);
-            ERR_clear_error();
-            int r = SSL_write(io->ssl, p, (int)n);
-            if (r > 0) {
-                evbuffer_drain(io->out, (size_t)r);
-                continue;
-            }
-            int err = SSL_get_error(io->ssl, r);
-            if (err == SSL_ERROR_WANT_WRITE || err == SSL_ERROR_WANT_READ) {
-                arm_write(io, 1); /* a WANT_READ here (a key update) resolves with the next read */
-                return 1;
-            }
-            log_ssl_errors(io, "write");
-            return -1;
-        }
+    while (evbuffer_get_length(buf) > 0) {
         struct evbuffer_iovec v[8];
-        int nv = evbuffer_peek(io->out, (ev_ssize_t)len, NULL, v, 8);
+        int nv = evbuffer_peek(buf, -1, NULL, v, 8);
         struct msghdr mh = {.msg_iov = (struct iovec *)v, .msg_iovlen = (size_t)(nv < 8 ? nv : 8)};
         ssize_t r = sendmsg(io->fd, &mh, MSG_NOSIGNAL);
         if (r > 0) {
-            evbuffer_drain(io->out, (size_t)r);
+            evbuffer_drain(buf, (size_t)r);
             continue;
         }
         if (r < 0 && errno == EINTR)
@@ -234,13 +225,89 @@ static int flush_out(struct io *io)
     return 0;
 }
 
+/* Writes what io->out holds until it is empty or the socket is full; with
+ * TLS, up to IO_WIRE_BATCH is encrypted into io->wire (after anything
+ * OpenSSL wrote there itself) and written in one go.
+ * 0 (out empty), 1 (blocked: wev added), -1 (error). */
+static int flush_out(struct io *io)
+{
+    if (io->ssl) {
+        for (;;) {
+            while (evbuffer_get_length(io->out) > 0 && evbuffer_get_length(io->wire) < IO_WIRE_BATCH) {
+                size_t len = evbuffer_get_length(io->out);
+                size_t n = len < IO_WRITE_CHUNK ? len : IO_WRITE_CHUNK;
+                const void *p = evbuffer_pullup(io->out, (ev_ssize_t)n);
+                ERR_clear_error();
+                int r = SSL_write(io->ssl, p, (int)n);
+                if (r <= 0) { /* the wire BIO takes everything: only a failure gets here */
+                    log_ssl_errors(io, "write");
+                    return -1;
+                }
+                evbuffer_drain(io->out, (size_t)r);
+            }
+            int rc = send_all(io, io->wire);
+            if (rc != 0 || evbuffer_get_length(io->out) == 0)
+                return rc;
+        }
+    }
+    return send_all(io, io->out);
+}
+
 /* ---- the TLS start ----------------------------------------------------------- */
 
-static void tls_attach(struct io *io, SSL *ssl, int server)
+/* OpenSSL's write side: appends to io->wire, never blocks; a flush is a
+ * no-op (the io writes the wire when its callback is done). */
+static int wire_bio_write(BIO *b, const char *data, int len)
 {
+    struct io *io = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (len <= 0)
+        return 0;
+    return evbuffer_add(io->wire, data, (size_t)len) == 0 ? len : -1;
+}
+
+static long wire_bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b;
+    (void)num;
+    (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int wire_bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static BIO_METHOD *wire_bio_method;
+static pthread_once_t wire_bio_once = PTHREAD_ONCE_INIT;
+
+static void wire_bio_init(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "submitd io wire");
+    if (m && BIO_meth_set_write(m, wire_bio_write) && BIO_meth_set_ctrl(m, wire_bio_ctrl) &&
+        BIO_meth_set_create(m, wire_bio_create)) {
+        wire_bio_method = m;
+        return;
+    }
+    BIO_meth_free(m);
+}
+
+/* OpenSSL reads the fd and writes into io->wire. 0 or -1. */
+static int tls_attach(struct io *io, SSL *ssl, int server)
+{
+    pthread_once(&wire_bio_once, wire_bio_init);
+    BIO *wbio = wire_bio_method ? BIO_new(wire_bio_method) : NULL;
+    if (!wbio || !SSL_set_rfd(ssl, io->fd)) {
+        BIO_free(wbio);
+        SSL_free(ssl);
+        return -1;
+    }
+    BIO_set_data(wbio, io);
+    SSL_set0_wbio(ssl, wbio);
     io->ssl = ssl;
     io->handshaking = 1;
-    SSL_set_fd(ssl, io->fd);
     SSL_set_read_ahead(ssl, 1); /* one read per socket chunk, not two per record */
     /* a peer that closes without close_notify (many SMTP clients do) is an
      * EOF, not a fatal error: OpenSSL 3 would otherwise send a decode_error
@@ -252,38 +319,46 @@ static void tls_attach(struct io *io, SSL *ssl, int server)
         SSL_set_accept_state(ssl);
     else
         SSL_set_connect_state(ssl);
+    return 0;
 }
 
-/* Drops buffered plaintext and hands the fd to OpenSSL (out is empty). */
-static void swap_to_tls(struct io *io)
+/* Drops buffered plaintext and hands the fd to OpenSSL (out is empty).
+ * 0, or -1 (no TLS: the connection is unusable). */
+static int swap_to_tls(struct io *io)
 {
     SSL *ssl = io->pending_ssl;
     io->pending_ssl = NULL;
     evbuffer_drain(io->in, evbuffer_get_length(io->in));
-    tls_attach(io, ssl, io->pending_server);
-    arm_read(io);
-    kick(io); /* start the handshake (the client may have sent its hello already) */
+    if (tls_attach(io, ssl, io->pending_server) != 0) {
+        io->eof = 1;
+        arm_read(io);
+        return -1;
+    }
+    arm_read(io); /* a server waits for the hello on the read event */
+    if (!io->pending_server)
+        kick(io); /* a client sends its hello first */
+    return 0;
 }
 
-/* Runs the handshake. 1 finished, 0 in progress, -1 failed. */
+/* Runs the handshake. 1 finished, 0 in progress, -1 failed. What OpenSSL
+ * wrote goes out now while in progress; when finished (the TLS 1.3 session
+ * ticket) it waits for the first reply (on_kick). */
 static int handshake(struct io *io)
 {
     ERR_clear_error();
     int r = SSL_do_handshake(io->ssl);
     if (r == 1) {
         io->handshaking = 0;
-        arm_write(io, evbuffer_get_length(io->out) > 0);
+        arm_write(io, 0);
         arm_read(io);
         return 1;
     }
     int err = SSL_get_error(io->ssl, r);
-    if (err == SSL_ERROR_WANT_READ) {
-        arm_write(io, 0);
-        return 0;
-    }
-    if (err == SSL_ERROR_WANT_WRITE) {
-        arm_write(io, 1);
-        return 0;
+    int rc = send_all(io, io->wire);
+    if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+        if (rc == 0)
+            arm_write(io, 0);
+        return rc < 0 ? -1 : 0;
     }
     log_ssl_errors(io, "handshake");
     return -1;
@@ -343,12 +418,15 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
             io->ev(io, IO_EV_TIMEOUT, io->arg);
         return;
     }
+    if (io->pending_ssl) { /* input before the STARTTLS swap: not read until then */
+        event_del(io->rev);
+        io->rev_on = 0;
+        return;
+    }
     if (io->handshaking) {
         handshake_step(io);
         return;
     }
-    if (io->ssl_wants_write_for_read)
-        return; /* wev retries the read */
     do_input(io, 1);
 }
 
@@ -366,7 +444,8 @@ static void after_flush(struct io *io, int rc)
     if (io->eof && !io->eof_told && io->read_on)
         kick(io); /* an EOF seen while paused, not yet told */
     if (io->pending_ssl) {
-        swap_to_tls(io);
+        if (swap_to_tls(io) != 0 && io->ev)
+            io->ev(io, IO_EV_ERROR, io->arg);
         return;
     }
     if (io->drained)
@@ -382,14 +461,12 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
             io->ev(io, IO_EV_TIMEOUT, io->arg);
         return;
     }
-    if (io->handshaking) {
-        handshake_step(io);
-        return;
-    }
-    if (io->ssl_wants_write_for_read) {
-        io->ssl_wants_write_for_read = 0;
-        arm_write(io, evbuffer_get_length(io->out) > 0);
-        do_input(io, 1);
+    if (io->handshaking) { /* the handshake's flight went out in part */
+        int rc = send_all(io, io->wire);
+        if (rc == 0)
+            arm_write(io, 0); /* the handshake goes on when the peer answers */
+        else if (rc < 0 && io->ev)
+            io->ev(io, IO_EV_ERROR, io->arg);
         return;
     }
     after_flush(io, flush_out(io));
@@ -407,7 +484,17 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
         handshake_step(io);
         return;
     }
-    if (evbuffer_get_length(io->out) > 0 && !io->wev_on) {
+    int input_waiting = io->read_on && !io->eof && !io->pending_ssl &&
+                        (evbuffer_get_length(io->in) > 0 || (io->ssl && SSL_has_pending(io->ssl)));
+    if (evbuffer_get_length(io->out) == 0 && evbuffer_get_length(io->wire) > 0 && input_waiting &&
+        !io->wev_on) {
+        /* only what OpenSSL wrote itself (the session ticket): it leaves
+         * with the reply to the input waiting, next round */
+        kick(io);
+        do_input(io, io->ssl && SSL_has_pending(io->ssl));
+        return;
+    }
+    if ((evbuffer_get_length(io->out) > 0 || evbuffer_get_length(io->wire) > 0) && !io->wev_on) {
         int rc = flush_out(io);
         if (rc == 0 && !io->pending_ssl && io->read_on &&
             (evbuffer_get_length(io->in) > 0 || (io->ssl && SSL_has_pending(io->ssl))))
@@ -451,13 +538,14 @@ static struct io *io_alloc(struct event_base *base, int fd)
     io->fd = fd;
     io->in = evbuffer_new();
     io->out = evbuffer_new();
+    io->wire = evbuffer_new();
     io->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read, io);
     io->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_write, io);
     io->kick = event_new(base, -1, 0, on_kick, io);
     io->read_on = 1;
     if (io->in)
         evbuffer_add_cb(io->in, on_input_drained, io);
-    if (!io->in || !io->out || !io->rev || !io->wev || !io->kick) {
+    if (!io->in || !io->out || !io->wire || !io->rev || !io->wev || !io->kick) {
         io->fd = -1; /* the caller still owns it */
         io_free(io);
         return NULL;
@@ -480,7 +568,11 @@ struct io *io_new_tls(struct event_base *base, int fd, SSL *ssl, int server)
         SSL_free(ssl);
         return NULL;
     }
-    tls_attach(io, ssl, server);
+    if (tls_attach(io, ssl, server) != 0) {
+        io->fd = -1; /* the caller still owns it */
+        io_free(io);
+        return NULL;
+    }
     arm_read(io);
     if (!server)
         kick(io); /* a client speaks first */
@@ -498,7 +590,7 @@ int io_starttls(struct io *io, SSL *ssl, int server)
     evbuffer_drain(io->in, evbuffer_get_length(io->in));
     arm_read(io); /* nothing is read until the swap */
     if (evbuffer_get_length(io->out) == 0 && !io->wev_on)
-        swap_to_tls(io);
+        return swap_to_tls(io);
     else
         kick(io); /* swapped once the output has drained */
     return 0;
@@ -557,7 +649,7 @@ void io_printf(struct io *io, const char *fmt, ...)
 
 size_t io_output_pending(struct io *io)
 {
-    return evbuffer_get_length(io->out);
+    return evbuffer_get_length(io->out) + evbuffer_get_length(io->wire);
 }
 
 SSL *io_ssl(struct io *io)
@@ -592,6 +684,8 @@ void io_free(struct io *io)
         SSL_set_quiet_shutdown(io->ssl, 1); /* no close_notify: the connection is being dropped */
         SSL_free(io->ssl);
     }
+    if (io->wire)
+        evbuffer_free(io->wire);
     if (io->fd >= 0)
         close(io->fd);
     free(io);

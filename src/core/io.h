@@ -1,7 +1,8 @@
-/* io: the thin connection layer over libevent bufferevents that hides
- * plain vs TLS from the protocol code (server sessions now; the outbound
- * SMTP client and submitcheck later). One struct io per connection:
- * read/write buffers, a read timeout, and the TLS upgrade.
+/* io: the thin connection layer over libevent events and evbuffers that
+ * hides plain vs TLS from the protocol code (the server sessions; the
+ * outbound SMTP client uses blocking sockets, src/smtp/client.c). One
+ * struct io per connection: read/write buffers, timeouts, and the TLS
+ * upgrade.
  *
  * io_starttls() throws away whatever input is already buffered (plaintext
  * pipelined after STARTTLS must never be read as if it came over TLS:
