@@ -609,7 +609,8 @@ enum relay_tx relay_transaction(struct relay_conn *rc, const struct relay_opts *
     const char *stage = "MAIL FROM";
     struct strbuf body;
     sb_init(&body);
-    int bdat = pipelining && (rc->ext & EXT_CHUNKING) && size <= RELAY_BDAT_MAX && load_for_bdat(m, &body) == 0;
+    int bdat = o->chunking && pipelining && (rc->ext & EXT_CHUNKING) && size <= RELAY_BDAT_MAX &&
+               load_for_bdat(m, &body) == 0;
 
     relay_mail_cmd(e, rc->ext, size, &cmd);
     sb_append(&cmd, "\r\n", 2);

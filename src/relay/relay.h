@@ -53,6 +53,7 @@ struct relay_opts {
     uint16_t port;            /* smarthost: url port; mx: `port` (25) */
     enum tls_policy tls;
     int tls_verify;           /* smarthost default 1, mx default 0 */
+    int chunking;             /* BDAT when the server offers CHUNKING and PIPELINING, default 1 */
     char *ca_file;            /* NULL = system store */
     char *auth_file;          /* smarthost: credentials file, NULL = no AUTH */
     char helo[256];           /* default: gethostname() */

@@ -41,6 +41,7 @@ static const struct optdef optdefs[] = {
     {"auth-file", KIND_SH, OT_SPECIAL, 0, 0, 0, "an absolute path"},
     {"ca-file", KIND_SH | KIND_MX, OT_SPECIAL, 0, 0, 0, "an absolute path"},
     {"tls-verify", KIND_SH | KIND_MX, OT_SPECIAL, 0, 0, 0, "yes or no"},
+    {"chunking", KIND_SH | KIND_MX, OT_SPECIAL, 0, 0, 0, "yes or no"},
     {"helo", KIND_SH | KIND_MX, OT_SPECIAL, 0, 0, 0, "a host name"},
     {"resolver", KIND_SH | KIND_MX, OT_SPECIAL, 0, 0, 0, "IP, IP:PORT or [IPv6]:PORT"},
     {"port", KIND_MX, OT_SPECIAL, 0, 1, 65535, "a port from 1 to 65535"},
@@ -307,6 +308,7 @@ static void set_defaults(struct relay_opts *o, enum relay_kind kind)
     o->limit_wait_ms = 60000;
     o->max_rcpts = 100;
     o->max_addrs = 10;
+    o->chunking = 1;
     if (gethostname(o->helo, sizeof(o->helo) - 1) != 0 || !valid_hostname(o->helo))
         str_copy(o->helo, "localhost", sizeof(o->helo));
 }
@@ -350,12 +352,12 @@ static int special_opt(struct relay_opts *o, const struct kv *kv, int *implicit,
         *dst = xstrdup(v);
         return 0;
     }
-    if (strcmp(k, "tls-verify") == 0) {
+    if (strcmp(k, "tls-verify") == 0 || strcmp(k, "chunking") == 0) {
         if (strcmp(v, "yes") != 0 && strcmp(v, "no") != 0) {
             *why = "expected yes or no";
             return -1;
         }
-        o->tls_verify = v[0] == 'y';
+        *(k[0] == 't' ? &o->tls_verify : &o->chunking) = v[0] == 'y';
         return 0;
     }
     if (strcmp(k, "helo") == 0) {

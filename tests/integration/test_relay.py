@@ -277,6 +277,18 @@ def test_smarthost_bdat(make_daemon, receivers, certs):
     d.wait_log(rf"event=queue\.removed .*qid={qid3}")
 
 
+def test_smarthost_chunking_off(make_daemon, receivers, certs):
+    """`chunking no`: a server offering CHUNKING and PIPELINING still gets
+    DATA (pipelined MAIL and RCPT), never BDAT."""
+    rx = receivers(certs=certs, tls="starttls", chunking=True)
+    d = make_daemon(queue=QUEUE, extra=smarthost_block(f"smtp://127.0.0.1:{rx.port}",
+                                                       [f"ca-file {certs['ecdsa_crt']}", "chunking no"]))
+    qid, msg = submit(d, ["bob@relay.test"], subject="no chunks")
+    assert_relayed(rx.wait_messages(1)[0], ALICE, ["bob@relay.test"], msg, qid)
+    assert rx.bdat_commands == [] and rx.data_calls == 1, (rx.bdat_commands, rx.data_calls)
+    d.wait_log(rf"event=queue\.removed .*qid={qid}")
+
+
 def test_check_reports_option_errors(tmp_path, make_daemon, certs):
     creds = creds_file(tmp_path, "k v\n", 0o644)
     d = make_daemon(start=False, extra=smarthost_block("smtp://relay.example.com", [f"auth-file {creds}"]) + "\n" +

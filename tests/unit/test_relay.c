@@ -394,7 +394,7 @@ static void test_opts_smarthost(void **state)
     static const char *const kv[] = {"url", "smtp://relay.example.com:2587", "starttls", "optional",
                                      "helo", "out.example.com", "connect-timeout", "5s",
                                      "max-connections", "4", "max-connections-per-host", "2",
-                                     "resolver", "127.0.0.1:5353", NULL};
+                                     "resolver", "127.0.0.1:5353", "chunking", "no", NULL};
     struct transport_cfg *t = tcfg("smarthost", kv);
     struct relay_opts o;
     struct errlist errs;
@@ -411,6 +411,7 @@ static void test_opts_smarthost(void **state)
     assert_int_equal(o.max_conn, 4);
     assert_int_equal(o.max_conn_per_dest, 2);
     assert_string_equal(o.dns.server, "127.0.0.1:5353");
+    assert_int_equal(o.chunking, 0);
     assert_null(o.auth_file);
     relay_opts_free(&o);
     tcfg_free(t);
@@ -420,6 +421,7 @@ static void test_opts_smarthost(void **state)
     assert_int_equal(relay_opts_parse(t, RELAY_SMARTHOST, &o, "c.conf", &errs), 0);
     assert_int_equal(o.tls, TLSP_IMPLICIT);
     assert_int_equal(o.port, 465);
+    assert_int_equal(o.chunking, 1);
     relay_opts_free(&o);
     tcfg_free(t);
     errlist_free(&errs);
@@ -429,7 +431,8 @@ static void test_opts_errors(void **state)
 {
     static const char *const kv[] = {"url", "smtps://h.example", "starttls", "required", "port", "25",
                                      "auth-file", "relative/creds", "tls-verify", "maybe", "bogus", "1",
-                                     "idle-timeout", "2h", "helo", "bad name", "url", "smtp://other", NULL};
+                                     "idle-timeout", "2h", "helo", "bad name", "url", "smtp://other",
+                                     "chunking", "sometimes", NULL};
     struct transport_cfg *t = tcfg("smarthost", kv);
     struct relay_opts o;
     struct errlist errs;
@@ -443,6 +446,7 @@ static void test_opts_errors(void **state)
         "c.conf:17: transport out: bad value `2h` for `idle-timeout`: a duration from 0 to 1h",
         "c.conf:18: transport out: bad value `bad name` for `helo`: expected a host name (letters, digits, '-' in dot-separated labels)",
         "c.conf:19: transport out: duplicate option `url` (first set at line 11)",
+        "c.conf:20: transport out: bad value `sometimes` for `chunking`: expected yes or no",
         "c.conf:12: transport out: `starttls` is for smtp:// urls; smtps:// always uses TLS",
     };
     assert_int_equal(errs.n, ARRAY_LEN(want));
