@@ -538,11 +538,12 @@ static int act(struct abuse *a, const struct config *c, const char *login, const
                const struct log_ctx *lc, struct abuse_msg *m)
 {
     char figs[512], q[LOGQ_MAX];
+    if (c->abuse.action == ABUSE_ALERT && !f->fresh)
+        return 0; /* alerted already in this window: every later message comes here too */
     figures_text(c, f, figs, sizeof(figs));
     switch (c->abuse.action) {
     case ABUSE_ALERT:
-        if (f->fresh)
-            logkv(LOG_LVL_WARN, lc, "abuse.alert", "login=%s %s", log_q(q, sizeof(q), login), figs);
+        logkv(LOG_LVL_WARN, lc, "abuse.alert", "login=%s %s", log_q(q, sizeof(q), login), figs);
         return 0;
     case ABUSE_HOLD:
         logkv(LOG_LVL_WARN, lc, "abuse.hold", "login=%s %s%s", log_q(q, sizeof(q), login), figs,
