@@ -1166,7 +1166,7 @@ void check_run(const struct check_opts *o, struct report *r)
     cx.o = o;
     cx.r = r;
     cx.name = o->servername ? o->servername : o->host;
-    struct tls_client_opts to = {.ca_file = o->ca_file, .verify = 0, .seclevel = -1};
+    struct tls_client_opts to = {.ca_file = o->ca_file, .verify = 0};
     cx.tls = tls_client_ctx_new(&to, cx.tls_err, sizeof(cx.tls_err));
     struct addr_list *al = xmalloc(sizeof(*al));
     step_dns(&cx, al);

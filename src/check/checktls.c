@@ -67,7 +67,7 @@ void checktls_port_done(struct port_run *pr)
 static SSL_CTX *probe_ctx(struct port_run *pr, int minv, int maxv, const char *ciphers, char *err, size_t n)
 {
     struct tls_client_opts to = {.ca_file = pr->cx->o->ca_file, .verify = 0, .min_version = minv,
-                                 .max_version = maxv, .ciphers = ciphers, .seclevel = 0};
+                                 .max_version = maxv, .ciphers = ciphers, .legacy = 1};
     return tls_client_ctx_new(&to, err, n);
 }
 

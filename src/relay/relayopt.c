@@ -544,7 +544,7 @@ int relay_opts_check_files(const struct transport_cfg *cfg, const struct relay_o
 
 static SSL_CTX *make_ctx(const struct relay_opts *o, char *err, size_t errlen)
 {
-    struct tls_client_opts to = {.ca_file = o->ca_file, .verify = o->tls_verify, .seclevel = -1};
+    struct tls_client_opts to = {.ca_file = o->ca_file, .verify = o->tls_verify};
     return tls_client_ctx_new(&to, err, errlen);
 }
 

@@ -40,8 +40,8 @@ SSL_CTX *tls_client_ctx_new(const struct tls_client_opts *o, char *errbuf, size_
         tls_last_error(errbuf, errlen);
         return NULL;
     }
-    if (o->seclevel >= 0)
-        SSL_CTX_set_security_level(ctx, o->seclevel);
+    if (o->legacy)
+        SSL_CTX_set_security_level(ctx, 0);
     int minv = o->min_version ? o->min_version : TLS1_2_VERSION;
     if (!SSL_CTX_set_min_proto_version(ctx, minv) ||
         (o->max_version && !SSL_CTX_set_max_proto_version(ctx, o->max_version))) {

@@ -14,7 +14,8 @@ struct tls_client_opts {
     int min_version;       /* TLS1_2_VERSION by default (0 = default) */
     int max_version;       /* 0 = highest */
     const char *ciphers;   /* TLS <= 1.2 cipher list; NULL = OpenSSL default at SECLEVEL 2 */
-    int seclevel;          /* -1 = default; submitcheck uses 0 to probe legacy servers */
+    int legacy;            /* 1: OpenSSL security level 0 (weak keys and ciphers allowed), for
+                              submitcheck's probes of legacy servers; 0 (a zeroed struct): the default */
 };
 
 /* NULL with errbuf filled on failure (bad CA file...). Refcounted by OpenSSL

@@ -25,6 +25,7 @@
 #include "relay/relay.h"
 #include "smtp/parse.h"
 #include "smtp/reply.h"
+#include "tls/tlsclient.h"
 
 /* ---- URL, durations, resolver, literals ---------------------------------------------- */
 
@@ -468,6 +469,26 @@ static void test_opts_errors(void **state)
     errlist_free(&errs);
 }
 
+/* A zeroed tls_client_opts is the safe default: OpenSSL's security level
+ * (weak keys and ciphers refused), TLS 1.2 at least; security level 0 only
+ * when asked for (submitcheck's legacy probes). */
+static void test_client_ctx_defaults(void **state)
+{
+    struct tls_client_opts o;
+    memset(&o, 0, sizeof(o));
+    char err[256];
+    SSL_CTX *ctx = tls_client_ctx_new(&o, err, sizeof(err));
+    assert_non_null(ctx);
+    assert_true(SSL_CTX_get_security_level(ctx) >= 1);
+    assert_int_equal(SSL_CTX_get_min_proto_version(ctx), TLS1_2_VERSION);
+    SSL_CTX_free(ctx);
+    o.legacy = 1;
+    ctx = tls_client_ctx_new(&o, err, sizeof(err));
+    assert_non_null(ctx);
+    assert_int_equal(SSL_CTX_get_security_level(ctx), 0);
+    SSL_CTX_free(ctx);
+}
+
 static void test_opts_mx(void **state)
 {
     static const char *const kv[] = {"resolver", "127.0.0.1:5353", "port", "2525", "starttls", "required",
@@ -686,7 +707,7 @@ int main(void)
         cmocka_unit_test(test_creds),        cmocka_unit_test(test_opts_smarthost),
         cmocka_unit_test(test_opts_errors),  cmocka_unit_test(test_opts_mx),
         cmocka_unit_test(test_auth_file_mode), cmocka_unit_test(test_pool),
-        cmocka_unit_test(test_pool_waiters),
+        cmocka_unit_test(test_pool_waiters), cmocka_unit_test(test_client_ctx_defaults),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
