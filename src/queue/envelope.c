@@ -36,6 +36,27 @@ void envelope_free(struct envelope *e)
     envelope_init(e);
 }
 
+static char *dup_or_null(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+void envelope_copy(struct envelope *dst, const struct envelope *src)
+{
+    *dst = *src;
+    dst->mail_from = dup_or_null(src->mail_from);
+    dst->auth_user = dup_or_null(src->auth_user);
+    dst->client_ip = dup_or_null(src->client_ip);
+    dst->helo = dup_or_null(src->helo);
+    dst->listener = dup_or_null(src->listener);
+    dst->envid = dup_or_null(src->envid);
+    dst->prepend = dup_or_null(src->prepend);
+    dst->rcpts = NULL;
+    dst->nrcpts = 0;
+    for (size_t i = 0; i < src->nrcpts; i++)
+        envelope_add_rcpt(dst, src->rcpts[i].addr, src->rcpts[i].notify, src->rcpts[i].orcpt);
+}
+
 void envelope_add_rcpt(struct envelope *e, const char *addr, unsigned notify, const char *orcpt)
 {
     size_t n = e->nrcpts;

@@ -56,6 +56,8 @@ struct envelope {
 
 void envelope_init(struct envelope *e);
 void envelope_free(struct envelope *e);
+/* A deep copy of src into dst (uninitialised). */
+void envelope_copy(struct envelope *dst, const struct envelope *src);
 void envelope_add_rcpt(struct envelope *e, const char *addr, unsigned notify, const char *orcpt);
 
 /* Pure codec for the trailer text. decode returns 0 or -1 with a reason. */

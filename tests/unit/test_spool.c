@@ -192,7 +192,14 @@ static void test_env_roundtrip(void **state)
     }
     assert_int_equal(e.nrcpts, 2002);
     roundtrip(&e);
+    struct envelope c;
+    envelope_copy(&c, &e);
+    assert_env_equal(&e, &c);
+    assert_ptr_not_equal(c.rcpts, e.rcpts);
     envelope_free(&e);
+    assert_int_equal(c.nrcpts, 2002); /* independent of the original */
+    assert_string_equal(c.rcpts[2001].addr, "many1999@dest-4.test");
+    envelope_free(&c);
     assert_null(e.rcpts);
     assert_int_equal(e.nrcpts, 0);
 }
@@ -810,6 +817,79 @@ static void test_corrupt_files(void **state)
     free(dir);
 }
 
+/* Flips a byte of the envelope of message id in its journal record (the
+ * "client.test" of its helo). */
+static void corrupt_journal_trailer(const char *dir, const char *id)
+{
+    char jdir[512], key[QID_LEN + 8];
+    snprintf(jdir, sizeof(jdir), "%s/journal", dir);
+    snprintf(key, sizeof(key), "id %s\n", id);
+    DIR *d = opendir(jdir);
+    assert_non_null(d);
+    struct dirent *de;
+    int done = 0;
+    while (!done && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        char p[1024];
+        snprintf(p, sizeof(p), "%s/%s", jdir, de->d_name);
+        size_t len = 0;
+        char *text = read_file_max(p, 64u << 20, &len);
+        char *at = text ? memmem(text, len, key, strlen(key)) : NULL;
+        char *h = at ? memmem(at, len - (size_t)(at - text), "client.test", 11) : NULL;
+        if (h) {
+            int fd = open(p, O_WRONLY);
+            assert_true(fd >= 0);
+            assert_int_equal(pwrite(fd, "C", 1, h - text), 1);
+            close(fd);
+            done = 1;
+        }
+        free(text);
+    }
+    closedir(d);
+    assert_true(done);
+}
+
+/* The first open of a message just committed to the journal takes its
+ * envelope from memory (no read, sum or decode); later opens and peeks
+ * read the record: a trailer corrupted on disk in between shows there. */
+static void test_envelope_kept_for_first_open(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir("test_spool");
+    struct spool *s = open_spool_journal(dir);
+    char id[QID_LEN + 1], err[160];
+    struct spool_msg *m;
+    commit_msg(s, id, "Subject: t\r\n\r\nx\r\n", 17, 3);
+    corrupt_journal_trailer(dir, id);
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), 0);
+    struct envelope want;
+    fill_env(&want, 3);
+    memcpy(want.id, id, QID_LEN + 1);
+    want.size = 17;
+    assert_env_equal(&want, &m->env);
+    spool_msg_close(m);
+    errno = 0;
+    assert_int_equal(spool_msg_open(s, id, &m, err, sizeof(err)), -1);
+    assert_int_equal(errno, EBADMSG);
+    assert_non_null(strstr(err, "checksum"));
+
+    /* a peek reads the record and leaves the kept envelope to the open */
+    char id2[QID_LEN + 1];
+    commit_msg(s, id2, "Subject: u\r\n\r\ny\r\n", 17, 3);
+    corrupt_journal_trailer(dir, id2);
+    assert_int_equal(spool_msg_peek(s, id2, &m, err, sizeof(err)), -1);
+    assert_int_equal(errno, EBADMSG);
+    assert_int_equal(spool_msg_open(s, id2, &m, err, sizeof(err)), 0);
+    memcpy(want.id, id2, QID_LEN + 1);
+    assert_env_equal(&want, &m->env);
+    spool_msg_close(m);
+    envelope_free(&want);
+    spool_close(s); /* frees envelopes kept and never opened too (ASan) */
+    rm_rf(dir);
+    free(dir);
+}
+
 struct ids {
     char v[16][QID_LEN + 1];
     int n;
@@ -1081,6 +1161,7 @@ int main(void)
         cmocka_unit_test(test_status_log),
         cmocka_unit_test(test_status_log_hold_and_reports),
         cmocka_unit_test(test_corrupt_files),
+        cmocka_unit_test(test_envelope_kept_for_first_open),
         cmocka_unit_test(test_scan_and_open_cleanup),
         cmocka_unit_test(test_concurrent_commits),
         cmocka_unit_test(test_recycled_files),
