@@ -44,7 +44,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 BENCH_BINS := $(BUILD)/bench/loadgen $(BUILD)/bench/sink
 
-.PHONY: all run test unit integration test-san clean deps deps-test fuzz fuzz-smoke clang-check bench bench-build valgrind valgrind-smoke
+.PHONY: all run test unit integration test-san clean deps deps-test fuzz fuzz-smoke soak clang-check bench bench-build valgrind valgrind-smoke
 
 all: $(BUILD)/submitd $(TOOLS)
 
@@ -136,6 +136,16 @@ bench-limiter: $(BUILD)/bench/ratelimit_bench
 
 fuzz:
 	$(MAKE) -C tests/fuzz run
+
+# Soak (tests/integration/test_soak.py): the daemon under rounds of load
+# relayed to bench/sink for SOAK_SECONDS, then every queued message at the
+# sink once, an empty queue, no error lines, bounded memory growth. The
+# integration suite runs it for 6 seconds; `make SAN=1 soak` soaks the
+# ASan build.
+SOAK_SECONDS ?= 600
+soak: all $(BENCH_BINS)
+	SUBMITD_SOAK_SECONDS=$(SOAK_SECONDS) SUBMITD_BUILD=$(abspath $(BUILD)) $(if $(filter 1,$(SAN)),SUBMITD_SAN=1) \
+		$(PYTEST) -s tests/integration/test_soak.py
 
 fuzz-smoke:
 	$(MAKE) -C tests/fuzz smoke

@@ -5,6 +5,8 @@ over plain/TLS sockets that exposes exact replies, and message helpers
 Used by conftest.py and the test_*.py files of this directory."""
 
 import base64
+import contextlib
+import json
 import os
 import re
 import signal
@@ -982,3 +984,33 @@ def received_parts(data):
         if not m:
             return data[:pos], data[pos:]
         pos += m.end()
+
+
+# ---- the benchmark's tools (bench/loadgen, bench/sink), built by `make integration`
+
+LOADGEN = BUILD / "bench" / "loadgen"
+SINK = BUILD / "bench" / "sink"
+
+
+def loadgen(args, timeout=60):
+    p = subprocess.run([str(LOADGEN)] + args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=timeout * SLOW)
+    lines = p.stdout.strip().splitlines()
+    assert lines, f"loadgen printed nothing (rc {p.returncode}):\n{p.stderr}"
+    return p.returncode, json.loads(lines[-1]), p.stderr
+
+
+@contextlib.contextmanager
+def running_sink(tmp_path):
+    """bench/sink on a free port: yields (port, stats file); stopped by PID
+    (SIGTERM, exit status 0) on the way out."""
+    port = free_port()
+    stats = tmp_path / "sink.stats"
+    sink = subprocess.Popen([str(SINK), "-l", f"127.0.0.1:{port}", "-s", str(stats)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: stats.exists(), 10 * SLOW, what="sink stats file")
+        yield port, stats
+    finally:
+        sink.terminate()
+        assert sink.wait(10) == 0

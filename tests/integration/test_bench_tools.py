@@ -8,7 +8,6 @@ loadgen's reply parser against a scripted server that splits its replies
 (and one whose reply line is too long).
 Built into SUBMITD_BUILD/bench/ by the Makefile's integration target."""
 
-import contextlib
 import json
 import os
 import socket
@@ -18,21 +17,10 @@ import time
 
 import pytest
 
-from harness import ALICE, BUILD, SLOW, pw, wait_until, free_port
-
-LOADGEN = BUILD / "bench" / "loadgen"
-SINK = BUILD / "bench" / "sink"
+from harness import ALICE, BUILD, LOADGEN, SINK, SLOW, loadgen, pw, running_sink, wait_until
 
 pytestmark = pytest.mark.skipif(not os.access(LOADGEN, os.X_OK) or not os.access(SINK, os.X_OK),
                                 reason=f"bench tools not built in {BUILD}/bench (make bench-build)")
-
-
-def loadgen(args, timeout=60):
-    p = subprocess.run([str(LOADGEN)] + args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       timeout=timeout * SLOW)
-    lines = p.stdout.strip().splitlines()
-    assert lines, f"loadgen printed nothing (rc {p.returncode}):\n{p.stderr}"
-    return p.returncode, json.loads(lines[-1]), p.stderr
 
 
 def test_loadgen_against_submitd(make_daemon, tmp_path):
@@ -50,22 +38,6 @@ def test_loadgen_against_submitd(make_daemon, tmp_path):
     sample = d.mails()[0]
     assert b"Subject: loadgen 2000 bytes" in sample
     assert b"The quick brown fox" in sample
-
-
-@contextlib.contextmanager
-def running_sink(tmp_path):
-    """bench/sink on a free port: yields (port, stats file); stopped by PID
-    (SIGTERM, exit status 0) on the way out."""
-    port = free_port()
-    stats = tmp_path / "sink.stats"
-    sink = subprocess.Popen([str(SINK), "-l", f"127.0.0.1:{port}", "-s", str(stats)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_until(lambda: stats.exists(), 10 * SLOW, what="sink stats file")
-        yield port, stats
-    finally:
-        sink.terminate()
-        assert sink.wait(10) == 0
 
 
 def test_loadgen_against_sink_plain(tmp_path):
