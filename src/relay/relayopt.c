@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/confval.h"
 #include "tls/tlsclient.h"
 
 #define CREDS_FILE_MAX (64 * 1024)
@@ -81,46 +82,9 @@ static int parse_u64(const char *s, size_t n, uint64_t *v)
 
 int relay_parse_duration(const char *s, uint64_t *ms)
 {
-    size_t n = strlen(s), d = 0;
-    while (d < n && s[d] >= '0' && s[d] <= '9')
-        d++;
-    uint64_t v;
-    if (parse_u64(s, d, &v) != 0)
+    if (strspn(s, "0123456789") > 12) /* as the other numbers here */
         return -1;
-    const char *u = s + d;
-    uint64_t mul;
-    if (!*u || strcmp(u, "s") == 0)
-        mul = 1000;
-    else if (strcmp(u, "ms") == 0)
-        mul = 1;
-    else if (strcmp(u, "m") == 0)
-        mul = 60 * 1000;
-    else if (strcmp(u, "h") == 0)
-        mul = 3600 * 1000;
-    else if (strcmp(u, "d") == 0)
-        mul = 86400 * 1000;
-    else
-        return -1;
-    *ms = v * mul;
-    return 0;
-}
-
-static int host_char(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-           c == '_';
-}
-
-/* A DNS name (letters, digits, '-', '_', dots; no empty label). */
-static int valid_hostname(const char *h)
-{
-    size_t n = strlen(h);
-    if (n == 0 || n > 253 || h[0] == '.' || h[n - 1] == '.' || strstr(h, ".."))
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!host_char(h[i]))
-            return 0;
-    return 1;
+    return cv_parse_duration_ms(s, 1000, ms); /* a plain number is seconds */
 }
 
 int relay_parse_url(const char *url, char *host, size_t hostlen, uint16_t *port, int *implicit_tls,
@@ -167,7 +131,7 @@ int relay_parse_url(const char *url, char *host, size_t hostlen, uint16_t *port,
             *why = "[...] must hold an IPv6 address";
             return -1;
         }
-    } else if (!valid_hostname(host)) {
+    } else if (!cv_valid_domain(host)) {
         *why = "bad host name";
         return -1;
     }
@@ -309,7 +273,7 @@ static void set_defaults(struct relay_opts *o, enum relay_kind kind)
     o->max_rcpts = 100;
     o->max_addrs = 10;
     o->chunking = 1;
-    if (gethostname(o->helo, sizeof(o->helo) - 1) != 0 || !valid_hostname(o->helo))
+    if (gethostname(o->helo, sizeof(o->helo) - 1) != 0 || !cv_valid_domain(o->helo))
         str_copy(o->helo, "localhost", sizeof(o->helo));
 }
 
@@ -361,7 +325,7 @@ static int special_opt(struct relay_opts *o, const struct kv *kv, int *implicit,
         return 0;
     }
     if (strcmp(k, "helo") == 0) {
-        if (!valid_hostname(v)) {
+        if (!cv_valid_domain(v)) {
             *why = "expected a host name (letters, digits, '-' in dot-separated labels)";
             return -1;
         }
@@ -390,7 +354,7 @@ int relay_opts_parse(const struct transport_cfg *cfg, enum relay_kind kind, stru
     unsigned kbit = kind == RELAY_MX ? KIND_MX : KIND_SH;
     int bad = 0, implicit = 0, url_line = 0, starttls_line = 0;
     set_defaults(o, kind);
-    if (cfg->hostname && valid_hostname(cfg->hostname))
+    if (cfg->hostname && cv_valid_domain(cfg->hostname))
         str_copy(o->helo, cfg->hostname, sizeof(o->helo)); /* the config's hostname; `helo` overrides */
     str_copy(o->name, tname(cfg), sizeof(o->name));
     if (cfg->path) {

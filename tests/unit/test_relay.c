@@ -82,6 +82,7 @@ static void test_duration(void **state)
     assert_int_equal(relay_parse_duration("-5", &ms), -1);
     assert_int_equal(relay_parse_duration("1.5s", &ms), -1);
     assert_int_equal(relay_parse_duration("9999999999999", &ms), -1);
+    assert_int_equal(relay_parse_duration("999999999999d", &ms), -1); /* would overflow */
 }
 
 static void test_resolver(void **state)
