@@ -16,8 +16,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
-
 #include "core/digest.h"
 #include "core/log.h"
 #include "queue/spool_int.h"
@@ -132,18 +130,14 @@ static uint64_t rec_size(uint64_t plen)
 }
 
 /* sha256 of the header's bytes 16..40 (payload length, id) and the
- * payload, first REC_SUM_LEN bytes. */
+ * payload (iovcnt < IOV_CHUNK), first REC_SUM_LEN bytes. */
 static void rec_sum(const unsigned char *hdr, const struct iovec *iov, int iovcnt, unsigned char out[REC_SUM_LEN])
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-    EVP_MD_CTX *c = EVP_MD_CTX_new();
-    int ok = c && EVP_DigestInit_ex2(c, sha256_md(), NULL) == 1 && EVP_DigestUpdate(c, hdr + 16, 24) == 1;
-    for (int i = 0; ok && i < iovcnt; i++)
-        ok = EVP_DigestUpdate(c, iov[i].iov_base, iov[i].iov_len) == 1;
-    if (!ok || EVP_DigestFinal_ex(c, md, &mdlen) != 1 || mdlen < REC_SUM_LEN)
-        memset(md, 0, sizeof(md)); /* cannot happen with a working libcrypto; recovery then drops it */
-    EVP_MD_CTX_free(c);
+    struct iovec all[IOV_CHUNK];
+    all[0] = (struct iovec){.iov_base = (void *)(hdr + 16), .iov_len = 24};
+    memcpy(all + 1, iov, (size_t)iovcnt * sizeof(*iov));
+    unsigned char md[32];
+    sha256_iov(all, iovcnt + 1, md); /* zeros if it failed: recovery then drops the record */
     memcpy(out, md, REC_SUM_LEN);
 }
 
