@@ -374,6 +374,7 @@ int main(int argc, char **argv)
      * flushed by jobq_home_free below. */
     jobq_free(srv.auth_jobs);
     jobq_free(srv.commit_jobs);
+    spool_drain(srv.spool); /* asynchronous commits: their callbacks post to the homes freed below */
     queue_stop(srv.queue);
     for (unsigned i = 0; i < srv.nworkers; i++) {
         struct worker *w = &srv.workers[i];

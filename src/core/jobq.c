@@ -155,6 +155,15 @@ void jobq_home_free(struct jobq_home *h)
     free(h);
 }
 
+void jobq_home_post(struct jobq_home *home, void (*done)(void *), void *arg)
+{
+    struct job *j = xcalloc(1, sizeof(*j));
+    j->home = home;
+    j->done = done;
+    j->arg = arg;
+    home_push(home, j);
+}
+
 void jobq_submit(struct jobq *q, struct jobq_home *home, void (*work)(void *), void (*done)(void *), void *arg)
 {
     struct job *j = xcalloc(1, sizeof(*j));

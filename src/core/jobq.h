@@ -18,5 +18,8 @@ void jobq_home_free(struct jobq_home *h);
 
 /* work(arg) runs on a pool thread, then done(arg) on home's loop. */
 void jobq_submit(struct jobq *q, struct jobq_home *home, void (*work)(void *), void (*done)(void *), void *arg);
+/* From any thread: done(arg) runs on home's loop (work finished elsewhere,
+ * e.g. a journal thread's asynchronous commit). */
+void jobq_home_post(struct jobq_home *home, void (*done)(void *), void *arg);
 
 #endif

@@ -1,8 +1,9 @@
 /* journal: the message journal of the spool (see journal.h and
  * docs/spool-format.md). Owns the segment files under journal/, their
  * headers and generations, the record layout and its checksum, the group
- * commit (one leader writes and syncs every waiting request), the index
- * of live records (queue id -> segment, offset) and the recovery scan. */
+ * commit (one leader writes and syncs every waiting request), the lane
+ * threads that lead for asynchronous appends, the index of live records
+ * (queue id -> segment, offset) and the recovery scan. */
 #include "queue/journal.h"
 
 #include <dirent.h>
@@ -62,9 +63,14 @@ struct jent {
     uint64_t plen;
 };
 
-/* An append waiting for the leader. */
+/* An append waiting for the leader: on the stack of a journal_append
+ * caller, or allocated by journal_append_async (cb set), then completed
+ * by whichever thread ran its batch and freed after cb. */
 struct jreq {
     struct jreq *next;
+    struct jreq *anext; /* the completed asynchronous appends of a batch */
+    void (*cb)(void *arg, int rc, int err);
+    void *cbarg;
     const struct iovec *iov;
     int iovcnt;
     uint64_t plen;
@@ -78,7 +84,10 @@ struct jreq {
 };
 
 struct lane {
-    pthread_cond_t cv; /* its waiters: woken when its leader stops */
+    pthread_cond_t cv;   /* its waiters: woken when its leader stops */
+    pthread_cond_t wake; /* its thread: requests wait and nobody leads */
+    struct journal *j;
+    pthread_t th;
     struct jseg *cur;
     struct jreq *pend_head, *pend_tail;
     size_t npend;
@@ -105,6 +114,10 @@ struct journal {
     size_t marks_unsynced; /* DONE marks written since the last batch */
     uint64_t marks_since;  /* monotonic ms of the first of them */
     uint64_t syncs, appended;
+    int threads;           /* the lane threads run (started by the first asynchronous append) */
+    int stopping;
+    size_t async_inflight; /* asynchronous appends whose cb has not returned */
+    pthread_cond_t idle;   /* async_inflight reached 0 */
 };
 
 
@@ -438,8 +451,9 @@ static void add_seg(struct jseg **segs, size_t *n, struct jseg *seg)
  * them, syncs every segment the batch touched and every segment with
  * DONE marks written since the last batch once, then publishes the
  * results. */
-static void run_batch(struct journal *j, struct lane *ln, struct jreq *batch)
+static struct jreq *run_batch(struct journal *j, struct lane *ln, struct jreq *batch)
 {
+    struct jreq *async = NULL, **atail = &async;
     struct jseg *segs[SYNC_SEGS_MAX];
     size_t nsegs = 0;
     pthread_mutex_lock(&j->mu);
@@ -513,14 +527,21 @@ static void run_batch(struct journal *j, struct lane *ln, struct jreq *batch)
                 seg_maybe_free(j, r->seg);
             }
         }
-        r->done = 1;
+        if (r->cb) {
+            *atail = r;
+            atail = &r->anext;
+        }
+        r->done = 1; /* a synchronous caller may return once the lock is dropped */
     }
     pthread_mutex_unlock(&j->mu);
+    return async;
 }
 
 /* Becomes the leader of lane ln (lock held, no leader there) and runs
  * one batch: the lane's waiting requests, and the DONE marks written
- * since the last batch of any lane. */
+ * since the last batch of any lane. The asynchronous appends of the batch
+ * are completed after the lane is handed on (their callbacks run without
+ * the lock while the next batch may already be writing). */
 static void lead(struct journal *j, struct lane *ln)
 {
     ln->leader = 1;
@@ -528,10 +549,70 @@ static void lead(struct journal *j, struct lane *ln)
     ln->pend_head = ln->pend_tail = NULL;
     ln->npend = 0;
     pthread_mutex_unlock(&j->mu);
-    run_batch(j, ln, batch);
+    struct jreq *async = run_batch(j, ln, batch);
     pthread_mutex_lock(&j->mu);
     ln->leader = 0;
     pthread_cond_broadcast(&ln->cv);
+    if (ln->pend_head && j->threads)
+        pthread_cond_signal(&ln->wake); /* left for the lane thread unless a waiter leads first */
+    if (!async)
+        return;
+    pthread_mutex_unlock(&j->mu);
+    size_t n = 0;
+    while (async) {
+        struct jreq *next = async->anext;
+        async->cb(async->cbarg, async->rc, async->err);
+        free(async);
+        async = next;
+        n++;
+    }
+    pthread_mutex_lock(&j->mu);
+    j->async_inflight -= n;
+    if (j->async_inflight == 0)
+        pthread_cond_broadcast(&j->idle);
+}
+
+/* A lane's thread: leads whenever requests wait on its lane and nobody
+ * else does. Synchronous callers still lead their own batches; this
+ * thread is what runs the batches of asynchronous appends. */
+static void *lane_main(void *arg)
+{
+    struct lane *ln = arg;
+    struct journal *j = ln->j;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        if (ln->pend_head && !ln->leader)
+            lead(j, ln);
+        else if (j->stopping && !ln->pend_head)
+            break;
+        else
+            pthread_cond_wait(&ln->wake, &j->mu);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+/* Starts the lane threads (lock held): 0, or -1 when one could not be. */
+static int start_threads(struct journal *j)
+{
+    if (j->threads)
+        return 0;
+    for (unsigned k = 0; k < LANES; k++) {
+        if (pthread_create(&j->lanes[k].th, NULL, lane_main, &j->lanes[k]) != 0) {
+            j->stopping = 1;
+            for (unsigned i = 0; i < k; i++)
+                pthread_cond_signal(&j->lanes[i].wake);
+            pthread_mutex_unlock(&j->mu);
+            for (unsigned i = 0; i < k; i++)
+                pthread_join(j->lanes[i].th, NULL);
+            pthread_mutex_lock(&j->mu);
+            j->stopping = 0;
+            return -1;
+        }
+        thread_name(j->lanes[k].th, "journal");
+    }
+    j->threads = 1;
+    return 0;
 }
 
 /* A lane without a leader (the caller leads at once), else the one with
@@ -554,9 +635,8 @@ static struct lane *pick_lane(struct journal *j)
 
 /* Queues r on a lane and waits until a leader (this thread or another)
  * ran it. */
-static void submit_wait(struct journal *j, struct jreq *r)
+static struct lane *enqueue(struct journal *j, struct jreq *r)
 {
-    pthread_mutex_lock(&j->mu);
     struct lane *ln = pick_lane(j);
     if (ln->pend_tail)
         ln->pend_tail->next = r;
@@ -564,6 +644,13 @@ static void submit_wait(struct journal *j, struct jreq *r)
         ln->pend_head = r;
     ln->pend_tail = r;
     ln->npend++;
+    return ln;
+}
+
+static void submit_wait(struct journal *j, struct jreq *r)
+{
+    pthread_mutex_lock(&j->mu);
+    struct lane *ln = enqueue(j, r);
     while (!r->done) {
         if (ln->leader)
             pthread_cond_wait(&ln->cv, &j->mu);
@@ -583,7 +670,9 @@ static int any_leader(const struct journal *j)
 
 /* ---- the API --------------------------------------------------------------- */
 
-int journal_append(struct journal *j, const char *id, const struct iovec *iov, int iovcnt)
+/* Fills a request (header and checksum included): 0, -2 (too big for a
+ * record) or -1 (EINVAL: not a queue id). */
+static int req_init(struct jreq *r, const char *id, const struct iovec *iov, int iovcnt)
 {
     uint64_t plen = 0;
     for (int i = 0; i < iovcnt; i++)
@@ -594,16 +683,61 @@ int journal_append(struct journal *j, const char *id, const struct iovec *iov, i
         errno = EINVAL;
         return -1;
     }
-    struct jreq r = {.iov = iov, .iovcnt = iovcnt, .plen = plen};
-    memcpy(r.id, id, QID_LEN + 1);
-    memcpy(r.hdr, REC_MAGIC, 8);
-    put_le64(r.hdr + 16, plen);
-    memcpy(r.hdr + 24, id, QID_LEN);
-    rec_sum(r.hdr, iov, iovcnt, r.hdr + REC_SUM_OFF);
+    r->iov = iov;
+    r->iovcnt = iovcnt;
+    r->plen = plen;
+    memcpy(r->id, id, QID_LEN + 1);
+    memcpy(r->hdr, REC_MAGIC, 8);
+    put_le64(r->hdr + 16, plen);
+    memcpy(r->hdr + 24, id, QID_LEN);
+    rec_sum(r->hdr, iov, iovcnt, r->hdr + REC_SUM_OFF);
+    return 0;
+}
+
+int journal_append(struct journal *j, const char *id, const struct iovec *iov, int iovcnt)
+{
+    struct jreq r = {0};
+    int rc = req_init(&r, id, iov, iovcnt);
+    if (rc != 0)
+        return rc;
     submit_wait(j, &r);
     if (r.rc == -1)
         errno = r.err ? r.err : EIO;
     return r.rc;
+}
+
+int journal_append_async(struct journal *j, const char *id, const struct iovec *iov, int iovcnt,
+                         void (*cb)(void *arg, int rc, int err), void *arg)
+{
+    struct jreq *r = xcalloc(1, sizeof(*r));
+    int rc = req_init(r, id, iov, iovcnt);
+    if (rc != 0) {
+        free(r);
+        return rc;
+    }
+    r->cb = cb;
+    r->cbarg = arg;
+    pthread_mutex_lock(&j->mu);
+    if (j->stopping || start_threads(j) != 0) {
+        pthread_mutex_unlock(&j->mu);
+        free(r);
+        errno = EAGAIN;
+        return -1;
+    }
+    j->async_inflight++;
+    struct lane *ln = enqueue(j, r);
+    if (!ln->leader) /* else its leader hands the lane to its thread when done */
+        pthread_cond_signal(&ln->wake);
+    pthread_mutex_unlock(&j->mu);
+    return 0;
+}
+
+void journal_drain(struct journal *j)
+{
+    pthread_mutex_lock(&j->mu);
+    while (j->async_inflight)
+        pthread_cond_wait(&j->idle, &j->mu);
+    pthread_mutex_unlock(&j->mu);
 }
 
 int journal_get(struct journal *j, const char *id, struct jread *out)
@@ -812,8 +946,12 @@ struct journal *journal_open(int dfd, const char *path, int qfd, size_t max_segm
 {
     struct journal *j = xcalloc(1, sizeof(*j));
     pthread_mutex_init(&j->mu, NULL);
-    for (unsigned k = 0; k < LANES; k++)
+    pthread_cond_init(&j->idle, NULL);
+    for (unsigned k = 0; k < LANES; k++) {
         pthread_cond_init(&j->lanes[k].cv, NULL);
+        pthread_cond_init(&j->lanes[k].wake, NULL);
+        j->lanes[k].j = j;
+    }
     j->dfd = dfd;
     j->path = xstrdup(path);
     j->seg_size = seg_size;
@@ -851,6 +989,14 @@ void journal_close(struct journal *j)
 {
     if (!j)
         return;
+    pthread_mutex_lock(&j->mu);
+    j->stopping = 1; /* the lane threads run what waits, then stop */
+    for (unsigned k = 0; k < LANES; k++)
+        pthread_cond_signal(&j->lanes[k].wake);
+    int threads = j->threads;
+    pthread_mutex_unlock(&j->mu);
+    for (unsigned k = 0; threads && k < LANES; k++)
+        pthread_join(j->lanes[k].th, NULL);
     for (size_t i = 0; i < j->nsegs; i++) /* no thread uses it any more: sync the last marks */
         if (j->segs[i]->marks_dirty)
             (void)fdatasync(j->segs[i]->fd);
@@ -870,7 +1016,10 @@ void journal_close(struct journal *j)
     free(j->buckets);
     free(j->path);
     pthread_mutex_destroy(&j->mu);
-    for (unsigned k = 0; k < LANES; k++)
+    for (unsigned k = 0; k < LANES; k++) {
         pthread_cond_destroy(&j->lanes[k].cv);
+        pthread_cond_destroy(&j->lanes[k].wake);
+    }
+    pthread_cond_destroy(&j->idle);
     free(j);
 }

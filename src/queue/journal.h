@@ -56,6 +56,17 @@ void journal_close(struct journal *j);
  * caller writes a file instead. */
 int journal_append(struct journal *j, const char *id, const struct iovec *iov, int iovcnt);
 
+/* The same append without waiting: 0 when queued, and then cb(arg, rc,
+ * err) is called exactly once, from a journal thread, with journal_append's
+ * result (0 durable, -1 and err, -2 no room); iov must stay valid until
+ * then. Returns -2 (too big) or -1 (errno; EAGAIN when the journal's
+ * threads cannot start or it is closing) without calling cb. The lane
+ * threads start with the first call and stop in journal_close. */
+int journal_append_async(struct journal *j, const char *id, const struct iovec *iov, int iovcnt,
+                         void (*cb)(void *arg, int rc, int err), void *arg);
+/* Waits until the cb of every asynchronous append has returned. */
+void journal_drain(struct journal *j);
+
 /* Opens the live record of id for reading: 0, or -1 (ENOENT) when the
  * journal has no live record of it. The segment stays valid until
  * journal_put, even if the record is resolved meanwhile. */

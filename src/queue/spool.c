@@ -577,19 +577,88 @@ static void sha256_hex(const void *data, size_t n, char out[65])
     out[64] = '\0';
 }
 
+/* The trailer (encoded envelope) and footer of w's message; copy is a
+ * shallow copy of e with the writer's id and size (authoritative). */
+static void make_trailer(struct spool_writer *w, const struct envelope *e, struct envelope *copy, struct strbuf *t,
+                         char footer[FOOTER_LEN + 1])
+{
+    *copy = *e;
+    memcpy(copy->id, w->id, QID_LEN + 1);
+    copy->size = w->size;
+    sb_init(t);
+    spool_env_encode(copy, t);
+    char sum[65];
+    sha256_hex(t->s, t->len, sum);
+    snprintf(footer, FOOTER_LEN + 1, FOOTER_MAGIC "%d %016llx %016llx %s\n", FOOTER_VERSION,
+             (unsigned long long)w->size, (unsigned long long)t->len, sum);
+}
+
+/* An asynchronous commit in flight (spool_commit_async). */
+struct commit_op {
+    struct spool_writer *w;
+    struct envelope copy; /* shallow: points into the caller's envelope */
+    struct strbuf t;
+    char footer[FOOTER_LEN + 1];
+    struct iovec iov[3];
+    void (*cb)(void *arg, int rc, int err);
+    void *arg;
+};
+
+static void commit_op_done(void *arg, int rc, int err)
+{
+    struct commit_op *op = arg;
+    if (rc == 0)
+        envcache_put(op->w->s, &op->copy);
+    sb_free(&op->t);
+    if (rc == -2) { /* no room: the caller commits w as a file */
+        op->cb(op->arg, 1, 0);
+    } else {
+        writer_free(op->w);
+        op->cb(op->arg, rc == 0 ? 0 : -1, rc == 0 ? 0 : (err ? err : EIO));
+    }
+    free(op);
+}
+
+int spool_commit_async(struct spool_writer *w, const struct envelope *e, void (*cb)(void *arg, int rc, int err),
+                       void *arg)
+{
+    struct spool *s = w->s;
+    if (w->fd >= 0 || w->err) /* a file already: fsync and rename */
+        return 1;
+    struct commit_op *op = xcalloc(1, sizeof(*op));
+    make_trailer(w, e, &op->copy, &op->t, op->footer);
+    if ((uint64_t)w->size + op->t.len + FOOTER_LEN > JOURNAL_PAYLOAD_MAX) {
+        sb_free(&op->t);
+        free(op);
+        return 1;
+    }
+    op->w = w;
+    op->cb = cb;
+    op->arg = arg;
+    op->iov[0] = (struct iovec){.iov_base = w->buf, .iov_len = w->blen};
+    op->iov[1] = (struct iovec){.iov_base = op->t.s, .iov_len = op->t.len};
+    op->iov[2] = (struct iovec){.iov_base = op->footer, .iov_len = FOOTER_LEN};
+    if (journal_append_async(s->jr, w->id, op->iov, 3, commit_op_done, op) != 0) {
+        sb_free(&op->t);
+        free(op);
+        return 1;
+    }
+    return 0;
+}
+
+void spool_drain(struct spool *s)
+{
+    if (s && s->jr)
+        journal_drain(s->jr);
+}
+
 int spool_commit(struct spool_writer *w, const struct envelope *e)
 {
     struct spool *s = w->s;
-    struct envelope copy = *e; /* shallow: the file name and byte count are authoritative */
-    memcpy(copy.id, w->id, QID_LEN + 1);
-    copy.size = w->size;
+    struct envelope copy;
     struct strbuf t;
-    sb_init(&t);
-    spool_env_encode(&copy, &t);
-    char sum[65], footer[FOOTER_LEN + 1];
-    sha256_hex(t.s, t.len, sum);
-    snprintf(footer, sizeof(footer), FOOTER_MAGIC "%d %016llx %016llx %s\n", FOOTER_VERSION,
-             (unsigned long long)w->size, (unsigned long long)t.len, sum);
+    char footer[FOOTER_LEN + 1];
+    make_trailer(w, e, &copy, &t, footer);
     off_t total = (off_t)(w->size + t.len + FOOTER_LEN);
     if (w->fd < 0 && !w->err && (uint64_t)total <= JOURNAL_PAYLOAD_MAX) {
         struct iovec iov[3] = {{.iov_base = w->buf, .iov_len = w->blen},

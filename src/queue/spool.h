@@ -94,6 +94,20 @@ uint64_t spool_writer_size(const struct spool_writer *w);
  * Blocking: call from a job thread. 0 on success; -1 (errno)
  * and the tmp file removed on failure. The writer is freed either way. */
 int spool_commit(struct spool_writer *w, const struct envelope *e);
+/* spool_commit without blocking, for a message that can go to the
+ * journal: 0 when started, and then cb(arg, rc, err) runs once on a
+ * journal thread (keep it short: hand the result to the caller's loop).
+ * rc 0: durable, w freed; -1: failed with errno err, w freed; 1: the
+ * journal had no room, w is untouched and still the caller's: commit it
+ * with spool_commit from a job thread. Returns 1 at once, without cb,
+ * when the message must take the blocking path (it is in a file, too
+ * big for a record, or the journal is off or cannot take it). e must
+ * stay unchanged until cb. */
+int spool_commit_async(struct spool_writer *w, const struct envelope *e, void (*cb)(void *arg, int rc, int err),
+                       void *arg);
+/* Waits until the cb of every spool_commit_async has returned (shutdown:
+ * before the loops' completions are flushed). */
+void spool_drain(struct spool *s);
 /* Drops an unfinished message: closes and unlinks tmp/ID, frees w. */
 void spool_writer_abort(struct spool_writer *w);
 

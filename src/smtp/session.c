@@ -73,13 +73,15 @@ struct txn {
     uint64_t chunk_size;
     void *hook_state[MSG_HOOKS_MAX];
     int hooks_started;
-    int result;            /* commit job result (COMMIT_REFUSED: abuse.reply) */
+    int result;            /* commit result (COMMIT_REFUSED: abuse.reply; COMMIT_RETRY: use the job) */
     int result_errno;
-    struct abuse_msg abuse; /* end-of-data checks, in the commit job */
+    struct abuse_msg abuse; /* end-of-data checks, in the commit job or on the loop */
+    int abuse_done;        /* abuse checked on the loop already */
+    struct spool_writer *async_w; /* in spool_commit_async: the spool's until it calls back */
     int held;              /* 1 queued held, -1 holding failed */
 };
 
-enum { COMMIT_REFUSED = -2 };
+enum { COMMIT_REFUSED = -2, COMMIT_RETRY = 1 };
 
 enum { BDAT_BAD_SEQUENCE = 1, BDAT_DROP = 2 };
 
@@ -350,15 +352,24 @@ static void received_header(struct session *s, struct strbuf *b)
     sb_printf(b, ";\r\n\t%s\r\n", date);
 }
 
+/* The end-of-data abuse checks (bytes limit and detection; they may ask
+ * Redis, then only from a job thread). */
+static void abuse_end(struct session *s)
+{
+    struct abuse_msg *m = &s->txn.abuse;
+    *m = (struct abuse_msg){.cfg = s->snap.cfg, .sa = (const struct sockaddr *)&s->sa,
+                            .login = s->authed ? s->login : NULL, .env = &s->txn.env, .size = s->txn.env.size, .lc = &s->lc};
+    abuse_message(s->srv->abuse, m);
+}
+
 static void commit_work(void *arg)
 {
     struct session *s = arg;
     struct spool_writer *w = s->txn.w;
     struct abuse_msg *m = &s->txn.abuse;
     s->txn.w = NULL; /* spool_commit frees it either way */
-    *m = (struct abuse_msg){.cfg = s->snap.cfg, .sa = (const struct sockaddr *)&s->sa,
-                            .login = s->authed ? s->login : NULL, .env = &s->txn.env, .size = s->txn.env.size, .lc = &s->lc};
-    abuse_message(s->srv->abuse, m); /* bytes limit and detection; may ask Redis */
+    if (!s->txn.abuse_done)
+        abuse_end(s);
     if (m->refused) {
         spool_writer_abort(w);
         s->txn.result = COMMIT_REFUSED;
@@ -374,6 +385,13 @@ static void commit_work(void *arg)
 static void commit_done(void *arg)
 {
     struct session *s = arg;
+    if (s->txn.result == COMMIT_RETRY) { /* the journal had no room: a file, on a job thread */
+        s->txn.w = s->txn.async_w;
+        s->txn.async_w = NULL;
+        jobq_submit(s->srv->commit_jobs, s->w->home, commit_work, commit_done, s);
+        return;
+    }
+    s->txn.async_w = NULL; /* freed by the spool */
     s->job_pending = 0;
     char q[LOGQ_MAX];
     if (s->txn.result == 0) {
@@ -404,7 +422,35 @@ static void commit_done(void *arg)
     process(s);
 }
 
-/* End of DATA or BDAT LAST: checks, then commit on a job thread. */
+/* A journal thread: the asynchronous commit finished. */
+static void commit_async_cb(void *arg, int rc, int err)
+{
+    struct session *s = arg;
+    s->txn.result = rc;
+    s->txn.result_errno = err;
+    jobq_home_post(s->w->home, commit_done, s);
+}
+
+/* Starts the commit of the finished message (state ST_COMMIT). Without
+ * Redis the abuse checks run here, and a message bound for the journal
+ * is appended asynchronously: its lane thread's group commit calls back,
+ * and no job thread is woken. Redis, a hold, or a message in a file take
+ * the commit job. */
+static void commit_start(struct session *s)
+{
+    if (s->txn.abuse_done && !s->txn.abuse.hold) {
+        struct spool_writer *w = s->txn.w;
+        s->txn.w = NULL;
+        s->txn.async_w = w;
+        if (spool_commit_async(w, &s->txn.env, commit_async_cb, s) == 0)
+            return;
+        s->txn.async_w = NULL;
+        s->txn.w = w;
+    }
+    jobq_submit(s->srv->commit_jobs, s->w->home, commit_work, commit_done, s);
+}
+
+/* End of DATA or BDAT LAST: checks, then the commit (commit_start). */
 static void message_end(struct session *s, enum dp_flag flag)
 {
     char buf[256];
@@ -456,11 +502,23 @@ static void message_end(struct session *s, enum dp_flag flag)
     e->received = (int64_t)time(NULL);
     e->size = spool_writer_size(s->txn.w);
     hooks_free(s);
+    if (!abuse_remote(s->srv->abuse)) {
+        abuse_end(s);
+        s->txn.abuse_done = 1;
+        if (s->txn.abuse.refused) {
+            reply(s, s->txn.abuse.reply);
+            s->messages++;
+            txn_reset(s);
+            if (s->state != ST_CLOSING)
+                set_state(s, ST_READY);
+            return;
+        }
+    }
     set_state(s, ST_COMMIT);
     io_read_enable(s->io, 0);
     io_set_timeouts(s->io, 0, 0);
     s->job_pending = 1;
-    jobq_submit(s->srv->commit_jobs, s->w->home, commit_work, commit_done, s);
+    commit_start(s);
 }
 
 /* Feeds buffered DATA content to the parser. Returns 1 when the end was

@@ -6,7 +6,10 @@
  * the journal: test_spool.c's test_concurrent_commits); segment
  * rotation and reuse under new generations (stale records never come
  * back); records resolved at recovery when queue/ already has them; DONE
- * marks sharing syncs; and a failing write retiring its segment. */
+ * marks sharing syncs; a failing write retiring its segment; and
+ * asynchronous appends and commits (group-committed by the lane threads,
+ * "no room" through the callback and the spool's fallback to a file,
+ * callbacks all run by journal_drain and journal_close). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +19,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -605,6 +609,246 @@ static void test_write_failure_retires_segment(void **state)
     jdir_free(&d);
 }
 
+/* ---- asynchronous appends and commits ---------------------------------------- */
+
+#define ASYNC_MAX 64
+
+/* Completions counted by the callbacks (a journal thread). */
+struct acount {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int n, ok, noroom, failed;
+    int rc[ASYNC_MAX];
+};
+
+static void acount_init(struct acount *a)
+{
+    memset(a, 0, sizeof(*a));
+    pthread_mutex_init(&a->mu, NULL);
+    pthread_cond_init(&a->cv, NULL);
+    for (int i = 0; i < ASYNC_MAX; i++)
+        a->rc[i] = 99;
+}
+
+static void acount_free(struct acount *a)
+{
+    pthread_mutex_destroy(&a->mu);
+    pthread_cond_destroy(&a->cv);
+}
+
+struct aslot {
+    struct acount *a;
+    int idx;
+};
+
+static void acount_cb(void *arg, int rc, int err)
+{
+    struct aslot *sl = arg;
+    struct acount *a = sl->a;
+    (void)err;
+    pthread_mutex_lock(&a->mu);
+    assert_int_equal(a->rc[sl->idx], 99); /* called once */
+    a->rc[sl->idx] = rc;
+    a->n++;
+    a->ok += rc == 0;
+    a->noroom += rc == -2;
+    a->failed += rc == -1;
+    pthread_cond_broadcast(&a->cv);
+    pthread_mutex_unlock(&a->mu);
+}
+
+/* Many appends queued without waiting: every callback runs once with 0,
+ * the lane threads share syncs among them, a synchronous append made
+ * meanwhile works, and a restart finds them all. */
+static void test_async_appends(void **state)
+{
+    (void)state;
+    struct jdir d = jdir_new();
+    struct journal *j = jopen(&d, 4, 1 << 20);
+    struct acount a;
+    acount_init(&a);
+    struct aslot slots[50];
+    char ids[50][QID_LEN + 1];
+    char buf[1000];
+    memset(buf, 'a', sizeof(buf));
+    struct iovec v = {.iov_base = buf, .iov_len = sizeof(buf)};
+    for (int i = 0; i < 50; i++) {
+        slots[i] = (struct aslot){&a, i};
+        qid_new(ids[i]);
+        assert_int_equal(journal_append_async(j, ids[i], &v, 1, acount_cb, &slots[i]), 0);
+    }
+    char sync_id[QID_LEN + 1];
+    assert_int_equal(jappend(j, sync_id, 500, 's'), 0);
+    journal_drain(j);
+    assert_int_equal(a.n, 50);
+    assert_int_equal(a.ok, 50);
+    struct journal_stats st;
+    journal_get_stats(j, &st);
+    assert_int_equal(st.appended, 51);
+    assert_int_equal(st.live, 51);
+    assert_true(st.syncs < 50); /* group commit: batches, not one sync per append */
+    /* not a queue id: refused at once, no callback */
+    assert_int_equal(journal_append_async(j, "nope", &v, 1, acount_cb, &slots[0]), -1);
+    assert_int_equal(errno, EINVAL);
+    journal_close(j);
+    j = jopen(&d, 4, 1 << 20);
+    assert_int_equal(live_ids(j), 51);
+    struct jread r;
+    assert_int_equal(journal_get(j, ids[49], &r), 0);
+    assert_int_equal(r.len, sizeof(buf));
+    journal_put(j, &r);
+    journal_close(j);
+    acount_free(&a);
+    jdir_free(&d);
+}
+
+/* Two 64 KiB segments (one per lane) hold ten 6 KiB records each: of 40
+ * asynchronous appends at least one lane's ten and at most twenty succeed,
+ * and the others get "no room" through their callbacks; a record too big
+ * for the journal is refused at once. journal_close with appends still
+ * queued runs them (and their callbacks) before it returns. */
+static void test_async_no_room_and_close(void **state)
+{
+    (void)state;
+    struct jdir d = jdir_new();
+    struct journal *j = jopen(&d, 2, 64 * 1024);
+    struct acount a;
+    acount_init(&a);
+    struct aslot slots[40];
+    char ids[40][QID_LEN + 1];
+    char *buf = xmalloc(JOURNAL_PAYLOAD_MAX + 1);
+    memset(buf, 'n', JOURNAL_PAYLOAD_MAX + 1);
+    struct iovec v = {.iov_base = buf, .iov_len = 6000};
+    for (int i = 0; i < 40; i++) {
+        slots[i] = (struct aslot){&a, i};
+        qid_new(ids[i]);
+        assert_int_equal(journal_append_async(j, ids[i], &v, 1, acount_cb, &slots[i]), 0);
+    }
+    journal_drain(j);
+    assert_int_equal(a.n, 40);
+    assert_in_range(a.ok, 10, 20);
+    assert_int_equal(a.noroom, 40 - a.ok);
+    assert_int_equal(live_ids(j), (size_t)a.ok);
+    struct iovec big = {.iov_base = buf, .iov_len = JOURNAL_PAYLOAD_MAX + 1};
+    char bid[QID_LEN + 1];
+    qid_new(bid);
+    assert_int_equal(journal_append_async(j, bid, &big, 1, acount_cb, &slots[0]), -2);
+    journal_close(j);
+
+    /* queued, then closed at once: every callback has run when close returns */
+    j = jopen(&d, 2, 64 * 1024);
+    for (int i = 0; i < 40; i++) /* room again */
+        if (a.rc[i] == 0)
+            assert_int_equal(journal_done(j, ids[i]), 0);
+    struct acount b;
+    acount_init(&b);
+    for (int i = 0; i < 5; i++) {
+        slots[i] = (struct aslot){&b, i};
+        qid_new(ids[i]);
+        assert_int_equal(journal_append_async(j, ids[i], &v, 1, acount_cb, &slots[i]), 0);
+    }
+    journal_close(j);
+    assert_int_equal(b.n, 5);
+    assert_int_equal(b.ok, 5);
+    j = jopen(&d, 2, 64 * 1024);
+    assert_int_equal(live_ids(j), 5);
+    journal_close(j);
+    free(buf);
+    acount_free(&a);
+    acount_free(&b);
+    jdir_free(&d);
+}
+
+static struct spool_writer *writer_with(struct spool *s, struct envelope *e, const char *body, size_t n)
+{
+    envelope_init(e);
+    e->mail_from = xstrdup("alice@example.test");
+    e->client_ip = xstrdup("127.0.0.1");
+    e->helo = xstrdup("client.test");
+    e->listener = xstrdup("submission");
+    e->received = 1700000000;
+    envelope_add_rcpt(e, "bob@dest.test", 0, NULL);
+    qid_new(e->id);
+    struct spool_writer *w = spool_writer_new(s, e->id);
+    assert_non_null(w);
+    spool_writer_write(w, body, n);
+    e->size = spool_writer_size(w);
+    return w;
+}
+
+/* Waits for the one callback of slot 0 and returns its rc. */
+static int await_one(struct acount *a)
+{
+    pthread_mutex_lock(&a->mu);
+    while (a->n == 0)
+        pthread_cond_wait(&a->cv, &a->mu);
+    int rc = a->rc[0];
+    a->n = 0;
+    a->rc[0] = 99;
+    pthread_mutex_unlock(&a->mu);
+    return rc;
+}
+
+/* spool_commit_async: a small message is committed through the journal
+ * and reads back (envelope included) like a synchronous commit's; a
+ * message in a file or too big for a record is left to spool_commit (1
+ * at once, no callback); with the journal full the callback says 1 and
+ * hands the writer back, and spool_commit then stores it as a file. */
+static void test_commit_async(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir("test_journal");
+    struct spool *s = open_spool(dir);
+    struct acount a;
+    acount_init(&a);
+    struct aslot slot = {&a, 0};
+    const char *body = "Subject: async\r\n\r\nhello\r\n";
+    struct envelope e;
+    struct spool_writer *w = writer_with(s, &e, body, strlen(body));
+    assert_int_equal(spool_commit_async(w, &e, acount_cb, &slot), 0);
+    assert_int_equal(await_one(&a), 0);
+    assert_content(s, e.id, body, strlen(body));
+    assert_int_equal(count_in(dir, "queue"), 0);
+    assert_int_equal(scan(s).n, 1);
+    envelope_free(&e);
+
+    size_t big = JOURNAL_PAYLOAD_MAX;
+    char *bbody = xmalloc(big);
+    memset(bbody, 'b', big);
+    w = writer_with(s, &e, bbody, big); /* with its trailer, too big for a record */
+    assert_int_equal(spool_commit_async(w, &e, acount_cb, &slot), 1);
+    assert_int_equal(spool_commit(w, &e), 0);
+    assert_int_equal(count_in(dir, "queue"), 1);
+    envelope_free(&e);
+
+    /* fill the journal (16 segments of 8 MiB) with live records of 240 KiB */
+    size_t fill = 240 * 1024;
+    int n = 0;
+    for (;;) {
+        w = writer_with(s, &e, bbody, fill);
+        int rc = spool_commit_async(w, &e, acount_cb, &slot);
+        assert_int_equal(rc, 0);
+        rc = await_one(&a);
+        if (rc == 1) /* no room: the writer is ours again */
+            break;
+        assert_int_equal(rc, 0);
+        envelope_free(&e);
+        n++;
+        assert_true(n < 1000);
+    }
+    assert_true(n >= 16 * 30);
+    assert_int_equal(count_in(dir, "queue"), 1);
+    assert_int_equal(spool_commit(w, &e), 0);
+    assert_int_equal(count_in(dir, "queue"), 2);
+    assert_content(s, e.id, bbody, fill);
+    envelope_free(&e);
+    free(bbody);
+    acount_free(&a);
+    spool_close(s);
+    rm_rf(dir);
+    free(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -616,6 +860,9 @@ int main(void)
         cmocka_unit_test(test_recovery_prefers_queue_file),
         cmocka_unit_test(test_done_marks_share_syncs),
         cmocka_unit_test(test_write_failure_retires_segment),
+        cmocka_unit_test(test_async_appends),
+        cmocka_unit_test(test_async_no_room_and_close),
+        cmocka_unit_test(test_commit_async),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
