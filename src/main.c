@@ -299,7 +299,7 @@ int main(int argc, char **argv)
     {
         /* create the spool (as root, so that it can be handed to the user)
          * and bind the control socket in it before the privilege drop */
-        struct spool *tmp = spool_open(cfg->spool_dir, &errs);
+        struct spool *tmp = spool_open_opts(cfg->spool_dir, cfg->journal_segments, &errs);
         if (tmp)
             spool_close(tmp);
         errlist_free(&errs);
@@ -312,7 +312,7 @@ int main(int argc, char **argv)
     }
     if (drop_privileges(cfg) != 0)
         return 1;
-    srv.spool = spool_open(cfg->spool_dir, &errs);
+    srv.spool = spool_open_opts(cfg->spool_dir, cfg->journal_segments, &errs);
     if (srv.spool)
         srv.queue = queue_new(srv.spool, cfg, &errs);
     if (errs.n || !srv.queue) {

@@ -60,6 +60,8 @@ static const struct keydef top_keys[] = {
     {.name = "auth-threads", .type = V_UINT, FIELD(struct config, auth_threads), .min = 0, .max = 256, .def = "0"},
     {.name = "commit-threads", .type = V_UINT, FIELD(struct config, commit_threads), .min = 1, .max = 256,
      .def = "8"},
+    {.name = "journal-segments", .type = V_UINT, FIELD(struct config, journal_segments), .min = 2, .max = 4096,
+     .def = "16"},
     {.name = "spool-dir", .type = V_PATH, FIELD(struct config, spool_dir), .def = "/var/spool/submitd",
      .form = "spool directory"},
     {.name = "accounts", .type = V_PATH, FIELD(struct config, accounts), .flags = K_REQUIRED | K_READ | K_SECRET,

@@ -219,6 +219,7 @@ struct config {
     unsigned auth_threads; /* password-hash threads; 0 = cores (default) */
     unsigned auth_cache_ttl; /* s a verified login+password is remembered (keyed hash); default 300, 0 = off */
     unsigned commit_threads; /* spool fsync threads, default 8 */
+    unsigned journal_segments; /* journal segment files (8 MiB) at most, default 16 */
     int add_received;   /* default 1 */
     int add_message_id; /* default 1 */
     int add_date;       /* default 1 */

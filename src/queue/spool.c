@@ -46,7 +46,7 @@
  * take: their product); message bytes buffered in memory for it, over
  * all writers, at most JOURNAL_MEM_MAX (beyond, writers use files). */
 #define JOURNAL_SEG_SIZE ((uint64_t)8 << 20)
-#define JOURNAL_SEGS_MAX 16
+#define JOURNAL_SEGS_DEFAULT 16
 #define JOURNAL_MEM_MAX ((size_t)64 << 20)
 #define MEMBUF_INITIAL (16 * 1024)
 
@@ -233,6 +233,11 @@ static void clean_tmp(struct spool *s)
 
 struct spool *spool_open(const char *dir, struct errlist *errs)
 {
+    return spool_open_opts(dir, 0, errs);
+}
+
+struct spool *spool_open_opts(const char *dir, size_t journal_segments, struct errlist *errs)
+{
     if (!dir || !*dir) {
         errlist_add(errs, "spool", 0, "no spool directory");
         return NULL;
@@ -266,7 +271,8 @@ struct spool *spool_open(const char *dir, struct errlist *errs)
     clean_tmp(s);
     char jpath[PATH_MAX];
     snprintf(jpath, sizeof(jpath), "%s/journal", dir);
-    s->jr = journal_open(s->jfd, jpath, s->qfd, JOURNAL_SEGS_MAX, JOURNAL_SEG_SIZE, errs);
+    s->jr = journal_open(s->jfd, jpath, s->qfd, journal_segments ? journal_segments : JOURNAL_SEGS_DEFAULT,
+                         JOURNAL_SEG_SIZE, errs);
     if (!s->jr) {
         spool_close(s);
         return NULL;

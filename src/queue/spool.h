@@ -68,6 +68,10 @@ struct spool;
 /* Creates the directories when missing (0700), checks they are usable,
  * removes leftovers in tmp/. NULL with errs filled on failure. */
 struct spool *spool_open(const char *dir, struct errlist *errs);
+/* The same with the journal's segment limit (8 MiB each; 0 = the
+ * default, 16): the disk it may preallocate. Existing segments beyond it
+ * are kept and read; only new ones are not created. */
+struct spool *spool_open_opts(const char *dir, size_t journal_segments, struct errlist *errs);
 void spool_close(struct spool *s);
 const char *spool_dir(const struct spool *s);
 

@@ -180,3 +180,45 @@ def test_threads_named_by_role(make_daemon):
     # the main thread keeps the program's name; every other one has a role
     assert {"submitd-loop", "submitd-commit", "submitd-deliver", "submitd-auth", "submitd-control"} <= names, names
     assert all(n == "submitd" or n.startswith("submitd-") for n in names), names
+
+
+def test_journal_full_falls_back_to_files(make_daemon):
+    """With `journal-segments 2` (16 MiB) and the messages kept from
+    delivery (their smarthost accepts the connection and never greets),
+    the journal fills: later messages are still accepted, as files in
+    queue/ (the session's asynchronous commit hands them to a commit
+    job). After a restart with the local route every message, from the
+    journal and from files, is delivered exactly once and intact."""
+    from fakesmtp import SilentPort
+
+    body = ["x" * 76] * 2600  # about 200 KiB
+    sent = []
+    with SilentPort() as sp:
+        d = make_daemon(top={"journal-segments": 2},
+                        extra="\n".join(["transport stuck {", "    type smarthost",
+                                         f"    url smtp://127.0.0.1:{sp.port}", "    max-connections 1", "    max-connections-per-host 1",
+                                         "    connect-timeout 5s", "    command-timeout 120s", "}",
+                                         "route dest.test stuck"]))
+        with d.login(ALICE, pw(ALICE)) as c:
+            for i in range(100):
+                rcpt = f"full{i}@dest.test"
+                msg = make_msg(ALICE, rcpt, f"full-{i}", body=body)
+                sent.append((rcpt, msg, c.send_mail(ALICE, [rcpt], msg)))
+        files = {n for n in d.spool_files("queue") if not n.endswith(".st")}
+        qids = [q for _, _, q in sent]
+        assert len(set(qids)) == 100
+        assert len(d.spool_files("journal")) == 2, d.spool_files("journal")
+        # about 40 records of 200 KiB fit in a segment: the rest became files
+        in_files = [q for q in qids if q in files]
+        assert 10 <= len(in_files) <= 60, (len(in_files), sorted(files))
+        assert qids[-1] in files
+    d.stop()  # the silent port is gone: the stuck connection was reset
+    d.extra = ""
+    d.write_config()
+    d.start()
+    for rcpt, msg, qid in sent:
+        got = d.wait_mail(1, rcpt, timeout=30)
+        assert len(got) == 1, rcpt
+        assert_delivered(got[0], ALICE, rcpt, msg, qid=qid)
+    wait_until(lambda: d.spool_files("queue") == [], 10 * SLOW, what="queue/ empty after delivery")
+    assert len(d.mail_files()) == 100

@@ -168,6 +168,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->workers, 0);
     assert_int_equal(c->auth_threads, 0);
     assert_int_equal(c->commit_threads, 8);
+    assert_int_equal(c->journal_segments, 16);
     assert_string_equal(c->spool_dir, "/var/spool/submitd");
     assert_string_equal(c->accounts, f->acc);
     assert_null(c->pid_file);
@@ -269,6 +270,7 @@ static void test_full_config(void **state)
               "workers 4\n"
               "auth-threads 3\n"
               "commit-threads 16\n"
+              "journal-segments 64\n"
               "spool-dir spool\n" /* relative: the config's directory */
               "accounts ./accounts\n"
               "pid-file /run/x.pid\n"
@@ -354,6 +356,7 @@ static void test_full_config(void **state)
     assert_int_equal(c->workers, 4);
     assert_int_equal(c->auth_threads, 3);
     assert_int_equal(c->commit_threads, 16);
+    assert_int_equal(c->journal_segments, 64);
     snprintf(want, sizeof(want), "%s/spool", f->dir);
     assert_string_equal(c->spool_dir, want);
     assert_string_equal(c->accounts, f->acc);
@@ -371,9 +374,9 @@ static void test_full_config(void **state)
     assert_int_equal(c->tls.ncerts, 2);
     assert_string_equal(c->tls.certs[0].cert, f->crt);
     assert_string_equal(c->tls.certs[0].key, f->key);
-    assert_int_equal(c->tls.certs[0].line, 20);
+    assert_int_equal(c->tls.certs[0].line, 21);
     assert_string_equal(c->tls.certs[1].cert, f->crt2);
-    assert_int_equal(c->tls.certs[1].line, 21);
+    assert_int_equal(c->tls.certs[1].line, 22);
     assert_int_equal(c->tls.min_version, 0x0304);
     assert_string_equal(c->tls.ciphers, "ECDHE+AESGCM");
     assert_string_equal(c->tls.ciphersuites, "TLS_AES_128_GCM_SHA256");
@@ -404,7 +407,7 @@ static void test_full_config(void **state)
     assert_int_equal(c->nlisteners, 2);
     const struct listener_cfg *l = config_listener(c, "one");
     assert_ptr_equal(l, &c->listeners[0]);
-    assert_int_equal(l->line, 51);
+    assert_int_equal(l->line, 52);
     assert_int_equal(l->naddrs, 2);
     assert_string_equal(l->addrs[0], "0.0.0.0");
     assert_string_equal(l->addrs[1], "::");
@@ -413,7 +416,7 @@ static void test_full_config(void **state)
     assert_int_equal(l->ncerts, 1);
     assert_string_equal(l->certs[0].cert, f->crt2);
     assert_string_equal(l->certs[0].key, f->key2);
-    assert_int_equal(l->certs[0].line, 56);
+    assert_int_equal(l->certs[0].line, 57);
     assert_int_equal(l->allow.n, 2);
     assert_int_equal(l->allow.v[0].family, AF_INET);
     assert_int_equal(l->allow.v[0].prefix, 24);
@@ -440,10 +443,10 @@ static void test_full_config(void **state)
     assert_int_equal(t->nopts, 2);
     assert_string_equal(t->opts[0].key, "host");
     assert_string_equal(t->opts[0].value, "smtp.example.org 587");
-    assert_int_equal(t->opts[0].line, 75);
+    assert_int_equal(t->opts[0].line, 76);
     assert_string_equal(t->opts[1].key, "note");
     assert_string_equal(t->opts[1].value, "a # b c\"d\\e");
-    assert_int_equal(t->opts[1].line, 76);
+    assert_int_equal(t->opts[1].line, 77);
 
     assert_int_equal(c->nroutes, 2);
     assert_ptr_equal(config_route(c, "mx.example.org"), t);
@@ -512,6 +515,7 @@ static const struct err_case err_cases[] = {
     {"workers -1\n", 14, "bad value `-1` for `workers`"},
     {"workers 99999999999999999999999\n", 14, "bad value `99999999999999999999999` for `workers`"},
     {"commit-threads 0\n", 14, "bad value `0` for `commit-threads`: expected a whole number from 1 to 256"},
+    {"journal-segments 1\n", 14, "bad value `1` for `journal-segments`: expected a whole number from 2 to 4096"},
     {"listen-backlog 65536\n", 14, "from 1 to 65535"},
     {"workers 1\nworkers 2\n", 15, "duplicate key `workers` (first set at line 14)"},
     {"accounts /x\n", 14, "duplicate key `accounts` (first set at line 1)"},
@@ -1154,6 +1158,7 @@ static void test_example_file(void **state)
     assert_int_equal(c->workers, d->workers);
     assert_int_equal(c->auth_threads, d->auth_threads);
     assert_int_equal(c->commit_threads, d->commit_threads);
+    assert_int_equal(c->journal_segments, d->journal_segments);
     assert_string_equal(c->spool_dir, d->spool_dir);
     assert_int_equal(c->log_syslog, d->log_syslog);
     assert_int_equal(c->log_level, d->log_level);
