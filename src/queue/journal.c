@@ -832,7 +832,8 @@ void journal_ids(struct journal *j, void (*cb)(void *arg, const char *id), void 
 void journal_get_stats(struct journal *j, struct journal_stats *st)
 {
     pthread_mutex_lock(&j->mu);
-    *st = (struct journal_stats){.segments = j->nsegs, .live = j->nlive, .syncs = j->syncs, .appended = j->appended};
+    *st = (struct journal_stats){.segments = j->nsegs, .live = j->nlive, .syncs = j->syncs, .appended = j->appended,
+                                 .marks_unsynced = j->marks_pending ? j->marks_unsynced : 0};
     for (struct jseg *s = j->free_head; s; s = s->next_free)
         st->free++;
     pthread_mutex_unlock(&j->mu);

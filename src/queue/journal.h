@@ -38,6 +38,7 @@ struct journal_stats {
     size_t live;       /* live (unresolved) records */
     uint64_t syncs;    /* fdatasync calls made by leaders */
     uint64_t appended; /* records appended since open */
+    size_t marks_unsynced; /* DONE marks written and not yet made durable */
 };
 
 /* Opens (creating) dir/ (the journal directory, an fd on it: dfd), scans

@@ -1383,6 +1383,14 @@ void spool_flush(struct spool *s)
         journal_flush(s->jr);
 }
 
+void spool_journal_stats(struct spool *s, struct journal_stats *st)
+{
+    if (s->jr)
+        journal_get_stats(s->jr, st);
+    else
+        *st = (struct journal_stats){0};
+}
+
 int spool_quarantine(struct spool *s, const char *id)
 {
     if (!qid_valid(id)) {

@@ -173,6 +173,9 @@ int spool_remove(struct spool *s, const char *id);
  * otherwise made durable with the next commits' sync, or after 200 ms).
  * Blocking; the queue calls it when a delivery thread goes idle. */
 void spool_flush(struct spool *s);
+/* The journal's counters (journal.h), for tests and diagnostics. */
+struct journal_stats;
+void spool_journal_stats(struct spool *s, struct journal_stats *st);
 /* Moves queue/ID (and .st) to corrupt/. */
 int spool_quarantine(struct spool *s, const char *id);
 

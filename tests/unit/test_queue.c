@@ -7,7 +7,8 @@
  * files quarantined at start, and reload to a new transport path; bounces
  * (DSNs once per batch, after a restart, never for the null sender or
  * against NOTIFY, one delay warning) and the operator actions (hold
- * across a restart, release, flush, delete, list/show). */
+ * across a restart, release, flush, delete, list/show); the DONE marks
+ * of delivered journal messages made durable when the queue goes idle. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -29,6 +30,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "tmpdir.h"
+#include "queue/journal.h"
 #include "queue/queue.h"
 #include "queue/spool.h"
 #include "queue/transport.h"
@@ -678,6 +680,52 @@ static void test_queue_end_to_end(void **state)
     free(dir);
 }
 
+static int marks_synced(void *arg)
+{
+    struct journal_stats st;
+    spool_journal_stats(arg, &st);
+    return st.live == 0 && st.marks_unsynced == 0;
+}
+
+/* Journal messages delivered with no commit after them: their DONE marks
+ * ride with no batch, and there are too few for the count trigger, so
+ * only the queue's flush when it goes idle makes them durable. */
+static void test_queue_idle_flush(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir("test_queue");
+    char *sp = path_of(dir, "spool"), *md = path_of(dir, "mail");
+    char *newd = path_of(md, "new");
+    struct spool *s = open_spool(sp);
+    struct test_cfg tc;
+    cfg_init(&tc, md);
+    char ids[3][QID_LEN + 1];
+    const char *rc[] = {"idle@dest.test"};
+    const char *msg = "Subject: idle\r\n\r\nflush\r\n";
+    for (int i = 0; i < 3; i++)
+        commit_msg(s, ids[i], "alice@example.test", rc, 1, msg, strlen(msg), time(NULL));
+    struct journal_stats before;
+    spool_journal_stats(s, &before);
+    assert_int_equal(before.live, 3); /* in the journal, not in files */
+    struct queue *q = start_queue(s, &tc.c);
+    for (int i = 0; i < 3; i++)
+        queue_submit(q, ids[i]);
+    struct count_arg ca = {newd, 3};
+    assert_true(wait_for(has_files, &ca, 10000));
+    assert_true(wait_for(marks_synced, s, 5000));
+    struct journal_stats after;
+    spool_journal_stats(s, &after);
+    assert_true(after.syncs > before.syncs);
+    queue_stop(q);
+    queue_free(q);
+    spool_close(s);
+    free(sp);
+    free(md);
+    free(newd);
+    rm_rf(dir);
+    free(dir);
+}
+
 static int has_retry_record(void *arg)
 {
     size_t len = 0;
@@ -1263,6 +1311,7 @@ int main(void)
         cmocka_unit_test(test_maildir_expand_and_check),
         cmocka_unit_test(test_maildir_failure),
         cmocka_unit_test(test_queue_end_to_end),
+        cmocka_unit_test(test_queue_idle_flush),
         cmocka_unit_test(test_queue_retry_restart_reload),
         cmocka_unit_test(test_queue_lifetime_and_corrupt),
         cmocka_unit_test(test_queue_routes),
