@@ -702,7 +702,6 @@ static int cmd_reload(const struct ctl *c, int argc)
 
 /* ---- DKIM keys and DNS records --------------------------------------- */
 
-
 /* The p= value of the DKIM key record (RFC 6376 3.6.1) for pk: base64 of
  * the SubjectPublicKeyInfo DER for RSA, of the raw 32-byte public key for
  * Ed25519 (RFC 8463). *k gets the k= value. NULL for other key types. */

@@ -588,7 +588,7 @@ int io_starttls(struct io *io, SSL *ssl, int server)
     io->pending_ssl = ssl;
     io->pending_server = server;
     evbuffer_drain(io->in, evbuffer_get_length(io->in));
-    arm_read(io); /* nothing is read until the swap */
+    arm_read(io); /* the event stays; input arriving before the swap removes it (on_read) */
     if (evbuffer_get_length(io->out) == 0 && !io->wev_on)
         return swap_to_tls(io);
     else

@@ -633,8 +633,7 @@ static struct lane *pick_lane(struct journal *j)
     return best;
 }
 
-/* Queues r on a lane and waits until a leader (this thread or another)
- * ran it. */
+/* Queues r on the lane pick_lane chooses (lock held); returns it. */
 static struct lane *enqueue(struct journal *j, struct jreq *r)
 {
     struct lane *ln = pick_lane(j);
@@ -647,6 +646,8 @@ static struct lane *enqueue(struct journal *j, struct jreq *r)
     return ln;
 }
 
+/* Queues r on a lane and waits until a leader (this thread or another)
+ * ran it. */
 static void submit_wait(struct journal *j, struct jreq *r)
 {
     pthread_mutex_lock(&j->mu);

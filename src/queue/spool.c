@@ -633,18 +633,13 @@ int spool_commit_async(struct spool_writer *w, const struct envelope *e, void (*
         return 1;
     struct commit_op *op = xcalloc(1, sizeof(*op));
     make_trailer(w, e, &op->copy, &op->t, op->footer);
-    if ((uint64_t)w->size + op->t.len + FOOTER_LEN > JOURNAL_PAYLOAD_MAX) {
-        sb_free(&op->t);
-        free(op);
-        return 1;
-    }
     op->w = w;
     op->cb = cb;
     op->arg = arg;
     op->iov[0] = (struct iovec){.iov_base = w->buf, .iov_len = w->blen};
     op->iov[1] = (struct iovec){.iov_base = op->t.s, .iov_len = op->t.len};
     op->iov[2] = (struct iovec){.iov_base = op->footer, .iov_len = FOOTER_LEN};
-    if (journal_append_async(s->jr, w->id, op->iov, 3, commit_op_done, op) != 0) {
+    if (journal_append_async(s->jr, w->id, op->iov, 3, commit_op_done, op) != 0) { /* -2: too big for a record */
         sb_free(&op->t);
         free(op);
         return 1;

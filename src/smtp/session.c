@@ -77,7 +77,6 @@ struct txn {
     int result_errno;
     struct abuse_msg abuse; /* end-of-data checks, in the commit job or on the loop */
     int abuse_done;        /* abuse checked on the loop already */
-    struct spool_writer *async_w; /* in spool_commit_async: the spool's until it calls back */
     int held;              /* 1 queued held, -1 holding failed */
 };
 
@@ -385,13 +384,11 @@ static void commit_work(void *arg)
 static void commit_done(void *arg)
 {
     struct session *s = arg;
-    if (s->txn.result == COMMIT_RETRY) { /* the journal had no room: a file, on a job thread */
-        s->txn.w = s->txn.async_w;
-        s->txn.async_w = NULL;
+    if (s->txn.result == COMMIT_RETRY) { /* the journal had no room: txn.w as a file, on a job thread */
         jobq_submit(s->srv->commit_jobs, s->w->home, commit_work, commit_done, s);
         return;
     }
-    s->txn.async_w = NULL; /* freed by the spool */
+    s->txn.w = NULL; /* freed by the commit (commit_work has cleared it already) */
     s->job_pending = 0;
     char q[LOGQ_MAX];
     if (s->txn.result == 0) {
@@ -435,18 +432,13 @@ static void commit_async_cb(void *arg, int rc, int err)
  * Redis the abuse checks run here, and a message bound for the journal
  * is appended asynchronously: its lane thread's group commit calls back,
  * and no job thread is woken. Redis, a hold, or a message in a file take
- * the commit job. */
+ * the commit job. txn.w stays set meanwhile but is the spool's until
+ * commit_done (nothing touches it while job_pending). */
 static void commit_start(struct session *s)
 {
-    if (s->txn.abuse_done && !s->txn.abuse.hold) {
-        struct spool_writer *w = s->txn.w;
-        s->txn.w = NULL;
-        s->txn.async_w = w;
-        if (spool_commit_async(w, &s->txn.env, commit_async_cb, s) == 0)
-            return;
-        s->txn.async_w = NULL;
-        s->txn.w = w;
-    }
+    if (s->txn.abuse_done && !s->txn.abuse.hold &&
+        spool_commit_async(s->txn.w, &s->txn.env, commit_async_cb, s) == 0)
+        return;
     jobq_submit(s->srv->commit_jobs, s->w->home, commit_work, commit_done, s);
 }
 
