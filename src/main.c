@@ -274,11 +274,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "submitd: libevent threading unavailable\n");
         return 1;
     }
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    if (ncpu < 1)
-        ncpu = 1;
+    static int cpus[CPU_SETSIZE];
+    unsigned ncpu = cpus_allowed(cpus, CPU_SETSIZE);
     struct config *cfg = srv.cfg;
-    srv.nworkers = cfg->workers ? cfg->workers : (unsigned)ncpu;
+    srv.nworkers = cfg->workers ? cfg->workers : ncpu;
     srv.workers = xcalloc(srv.nworkers, sizeof(*srv.workers));
     srv.nconns = cfg->nlisteners;
     srv.conns = xcalloc(srv.nconns, sizeof(*srv.conns));
@@ -289,6 +288,9 @@ int main(int argc, char **argv)
     for (unsigned i = 0; i < srv.nworkers; i++) {
         srv.workers[i].srv = &srv;
         srv.workers[i].idx = i;
+        /* worker i takes the connections whose packets the kernel handles
+         * on the i-th allowed CPU: the session runs where its packets are */
+        srv.workers[i].cpu = cfg->incoming_cpu && srv.nworkers > 1 ? cpus[i % ncpu] : -1;
     }
     if (listeners_bind(&srv, &errs) != 0) {
         print_errs(&errs);
@@ -319,7 +321,7 @@ int main(int argc, char **argv)
         print_errs(&errs);
         return 1;
     }
-    srv.auth_jobs = jobq_new(cfg->auth_threads ? cfg->auth_threads : (unsigned)ncpu, "auth");
+    srv.auth_jobs = jobq_new(cfg->auth_threads ? cfg->auth_threads : ncpu, "auth");
     srv.commit_jobs = jobq_new(cfg->commit_threads ? cfg->commit_threads : 8, "commit");
     if (!srv.auth_jobs || !srv.commit_jobs || queue_start(srv.queue) != 0) {
         fprintf(stderr, "submitd: cannot start threads\n");

@@ -57,6 +57,7 @@ static const struct keydef top_keys[] = {
     {.name = "user", .type = V_STR, FIELD(struct config, user), .def = "submitd", .valid = cv_valid_user,
      .form = "a user name (letters, digits, `.`, `_` and `-`, at most 32 characters)"},
     {.name = "workers", .type = V_UINT, FIELD(struct config, workers), .min = 0, .max = 256, .def = "0"},
+    {.name = "incoming-cpu", .type = V_BOOL, FIELD(struct config, incoming_cpu), .def = "yes"},
     {.name = "auth-threads", .type = V_UINT, FIELD(struct config, auth_threads), .min = 0, .max = 256, .def = "0"},
     {.name = "commit-threads", .type = V_UINT, FIELD(struct config, commit_threads), .min = 1, .max = 256,
      .def = "8"},

@@ -209,6 +209,8 @@ struct config {
     char *hostname;    /* default: gethostname() */
     char *user;        /* drop to this user when started as root; default "submitd" */
     unsigned workers;  /* event loop threads; 0 = one per core (default) */
+    int incoming_cpu;  /* worker i's listeners take the connections the kernel
+                          handles on the i-th CPU (SO_INCOMING_CPU); default 1 */
     char *spool_dir;   /* default /var/spool/submitd */
     char *accounts;    /* accounts file (passwd-file format) */
     char *pid_file;    /* optional */

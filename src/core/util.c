@@ -418,3 +418,28 @@ void thread_name(pthread_t t, const char *role)
     snprintf(name, sizeof(name), "submitd-%s", role ? role : "thread");
     (void)pthread_setname_np(t, name); /* best effort: only diagnostics */
 }
+
+unsigned cpus_in_set(const cpu_set_t *set, int *out, unsigned max)
+{
+    unsigned n = 0;
+    for (int c = 0; c < CPU_SETSIZE && n < max; c++)
+        if (CPU_ISSET(c, set))
+            out[n++] = c;
+    return n;
+}
+
+unsigned cpus_allowed(int *out, unsigned max)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    unsigned n = 0;
+    if (max == 0)
+        return 0;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0)
+        n = cpus_in_set(&set, out, max);
+    if (n == 0) {
+        out[0] = 0;
+        n = 1;
+    }
+    return n;
+}

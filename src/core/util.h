@@ -6,6 +6,7 @@
 
 #include <stdarg.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -75,6 +76,14 @@ int random_bytes(void *buf, size_t n);
 /* Names a thread "submitd-<role>" (cut to the kernel's 15 bytes), so that
  * top -H, ps -L and perf show what each thread does. */
 void thread_name(pthread_t t, const char *role);
+
+/* The numbers of the CPUs set in `set`, ascending, at most max of them;
+ * returns how many. */
+unsigned cpus_in_set(const cpu_set_t *set, int *out, unsigned max);
+/* The CPUs this process may run on (sched_getaffinity: a cpuset or taskset
+ * narrows it), as cpus_in_set; {0} when it cannot be read. At least 1
+ * (max > 0). */
+unsigned cpus_allowed(int *out, unsigned max);
 
 /* RFC 5322 date-time for t in local time, e.g. "Sun, 22 Nov 2026 13:30:39 +0000". */
 void rfc5322_date(time_t t, char *buf, size_t n);

@@ -1,9 +1,11 @@
 /* listener: the listening sockets and the accept path. Every listener
  * address is bound once per worker with SO_REUSEPORT, so the kernel spreads
- * new connections over the workers' own accept queues. On accept: the deny
- * and allow networks (554 5.7.1 on a STARTTLS listener; implicit-TLS
- * listeners just close, there is no TLS yet to talk over), then the total
- * and per-IP connection limits (421 4.7.0), then a session on this worker. */
+ * new connections over the workers' own accept queues; with incoming-cpu
+ * (SO_INCOMING_CPU), to the worker of the CPU that handled the SYN. On
+ * accept: the deny and allow networks (554 5.7.1 on a STARTTLS listener;
+ * implicit-TLS listeners just close, there is no TLS yet to talk over), then
+ * the total and per-IP connection limits (421 4.7.0), then a session on this
+ * worker. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -18,7 +20,7 @@
 #include "core/log.h"
 #include "smtp/server.h"
 
-static int bind_one(const char *addr, uint16_t port, int backlog, char *err, size_t errlen)
+static int bind_one(const char *addr, uint16_t port, int backlog, int cpu, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t sl;
@@ -52,6 +54,10 @@ static int bind_one(const char *addr, uint16_t port, int backlog, char *err, siz
         close(fd);
         return -1;
     }
+    /* A hint (kernels before 6.1 ignore it in a SO_REUSEPORT group): the
+     * group's socket whose CPU handled the SYN takes the connection. */
+    if (cpu >= 0 && setsockopt(fd, SOL_SOCKET, SO_INCOMING_CPU, &cpu, sizeof(cpu)) != 0)
+        logkv(LOG_LVL_DEBUG, NULL, "listener.incoming_cpu", "cpu=%d error=%s", cpu, strerror(errno));
     return fd;
 }
 
@@ -65,7 +71,7 @@ int listeners_bind(struct server *s, struct errlist *errs)
             const struct listener_cfg *l = &c->listeners[li];
             for (size_t ai = 0; ai < l->naddrs; ai++) {
                 char err[256];
-                int fd = bind_one(l->addrs[ai], l->port, c->listen_backlog, err, sizeof(err));
+                int fd = bind_one(l->addrs[ai], l->port, c->listen_backlog, w->cpu, err, sizeof(err));
                 if (fd < 0) {
                     if (wi == 0)
                         errlist_add(errs, c->file, l->line, "listener %s: %s", l->name, err);

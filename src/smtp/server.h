@@ -37,6 +37,7 @@ struct lsock {
 struct worker {
     struct server *srv;
     unsigned idx;
+    int cpu; /* SO_INCOMING_CPU of its listening sockets; -1: none */
     pthread_t thread;
     struct event_base *base;
     struct jobq_home *home;

@@ -1372,7 +1372,8 @@ struct session *session_new(struct worker *w, int fd, const struct sockaddr *sa,
         return NULL;
     }
     io_set_cbs(s->io, on_read, on_drained, on_event, s);
-    logkv(LOG_LVL_INFO, &s->lc, "session.start", "listener=%s%s", s->lcfg->name, s->trusted ? " trusted=yes" : "");
+    logkv(LOG_LVL_INFO, &s->lc, "session.start", "listener=%s worker=%u%s", s->lcfg->name, w->idx,
+          s->trusted ? " trusted=yes" : "");
     if (implicit) {
         unsigned hs = s->snap.cfg->tls.handshake_timeout * 1000u;
         io_set_timeouts(s->io, hs, hs);

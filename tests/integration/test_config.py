@@ -3,6 +3,7 @@ per-IP connection limit, IPv6) and privilege dropping."""
 
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import time
@@ -10,7 +11,7 @@ import time
 import pytest
 
 from harness import (ALICE, BOB, SLOW, SUBMITD, SMTPClient, assert_delivered, free_port, have_ipv6_loopback,
-                     make_msg, pw, relocate_for_user, san_env)
+                     make_msg, pw, relocate_for_user, san_env, wait_until)
 
 
 def check_config(path):
@@ -95,6 +96,45 @@ def test_listener_deny(make_daemon):
         assert c.is_closed()
     with d.login(ALICE, pw(ALICE), implicit=True) as c:
         c.check("NOOP", 250, "2.0.0")
+
+
+def workers_of_connections(d, cpu, n):
+    """Opens n connections from this thread pinned to `cpu` (the SYN is
+    handled on the connecting CPU over loopback); returns the worker index
+    of each session, from its session.start line."""
+    import socket
+    mark = d.log_size()
+    saved = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        for _ in range(n):
+            with socket.create_connection(("127.0.0.1", d.port), timeout=10 * SLOW) as s:
+                f = s.makefile("rb")
+                assert f.readline().startswith(b"220 ")
+                s.sendall(b"QUIT\r\n")
+                assert f.readline().startswith(b"221 ")
+    finally:
+        os.sched_setaffinity(0, saved)
+    wait_until(lambda: len(d.log_lines(r"event=session\.end", mark)) >= n, 10 * SLOW, what="session ends")
+    starts = d.log_lines(r"event=session\.start .*listener=submission", mark)
+    assert len(starts) == n, starts
+    return [int(re.search(r" worker=(\d+)", l).group(1)) for l in starts]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_incoming_cpu_picks_the_worker_of_the_cpu(make_daemon):
+    """With incoming-cpu (the default), worker i takes the connections whose
+    SYN the kernel handled on the i-th CPU the daemon may use: a client
+    pinned to one CPU lands on one worker, the other CPU on the other. With
+    `incoming-cpu no` the kernel spreads them by hash over both."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    d = make_daemon()  # workers 2 (harness)
+    assert workers_of_connections(d, cpus[0], 12) == [0] * 12
+    assert workers_of_connections(d, cpus[1], 12) == [1] * 12
+    d.stop()
+    off = make_daemon(top={"incoming-cpu": "no"})
+    seen = workers_of_connections(off, cpus[0], 24)
+    assert set(seen) == {0, 1}, seen
 
 
 def test_listener_allow_only_other_network(make_daemon):

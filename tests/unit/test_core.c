@@ -38,6 +38,31 @@ static void test_qid(void **state)
     assert_false(qid_valid("../../etc/passwd"));
 }
 
+/* cpus_in_set lists the set's CPUs in order, bounded by max; cpus_allowed
+ * gives at least one. */
+static void test_cpus(void **state)
+{
+    (void)state;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(3, &set);
+    CPU_SET(1, &set);
+    CPU_SET(40, &set);
+    int out[8] = {-1, -1, -1, -1, -1, -1, -1, -1};
+    assert_int_equal(cpus_in_set(&set, out, 8), 3);
+    assert_int_equal(out[0], 1);
+    assert_int_equal(out[1], 3);
+    assert_int_equal(out[2], 40);
+    assert_int_equal(out[3], -1);
+    assert_int_equal(cpus_in_set(&set, out, 2), 2);
+    CPU_ZERO(&set);
+    assert_int_equal(cpus_in_set(&set, out, 8), 0);
+    unsigned n = cpus_allowed(out, 8);
+    assert_true(n >= 1 && n <= 8);
+    for (unsigned i = 1; i < n; i++)
+        assert_true(out[i] > out[i - 1]);
+}
+
 static void test_strbuf(void **state)
 {
     (void)state;
@@ -222,7 +247,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qid),      cmocka_unit_test(test_strbuf),    cmocka_unit_test(test_errlist),
         cmocka_unit_test(test_str),      cmocka_unit_test(test_log_q),     cmocka_unit_test(test_iptable),
-        cmocka_unit_test(test_authcache), cmocka_unit_test(test_jobq),
+        cmocka_unit_test(test_authcache), cmocka_unit_test(test_jobq), cmocka_unit_test(test_cpus),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
