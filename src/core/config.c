@@ -90,7 +90,7 @@ static const struct keydef tls_keys[] = {
     {.name = "ciphers", .type = V_STR, FIELD(struct tls_cfg, ciphers), .def = "ECDHE+AESGCM:ECDHE+CHACHA20",
      .form = "an OpenSSL cipher list"},
     {.name = "ciphersuites", .type = V_STR, FIELD(struct tls_cfg, ciphersuites),
-     .def = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+     .def = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256",
      .form = "a list of TLS 1.3 suites"},
     {.name = "session-tickets", .type = V_BOOL, FIELD(struct tls_cfg, session_tickets), .def = "yes"},
     {.name = "handshake-timeout", .type = V_SECS, FIELD(struct tls_cfg, handshake_timeout), .min = 1,

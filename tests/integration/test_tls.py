@@ -1,4 +1,5 @@
-"""TLS details: TLS 1.3 preferred, ECDSA and RSA certificates for one name
+"""TLS details: TLS 1.3 preferred, the suite order (the server's, with
+ChaCha20 for clients that put it first), ECDSA and RSA certificates for one name
 (the client gets what it supports), SNI picking another name's certificate,
 session resumption with tickets, and the Received: header naming the TLS
 version and cipher."""
@@ -32,6 +33,30 @@ def test_tls13_preferred(srv):
     t = handshake(srv.tls_port, ctx)
     assert t.version() == "TLSv1.3", t.version()
     t.close()
+
+
+def negotiated_suite(port, suites):
+    """The TLS 1.3 suite openssl s_client gets when it offers `suites` in
+    that order (implicit TLS)."""
+    p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-brief",
+                        "-ciphersuites", suites], input=b"", capture_output=True, timeout=20)
+    out = (p.stdout + p.stderr).decode(errors="replace")
+    for line in out.splitlines():
+        if line.startswith("Ciphersuite:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no Ciphersuite line from s_client:\n" + out)
+
+
+def test_suite_order_server_first_chacha_for_chacha_clients(srv):
+    """The server's order picks the suite: AES-128-GCM even when the client
+    lists AES-256-GCM first; a client that lists ChaCha20-Poly1305 first
+    (SSL_OP_PRIORITIZE_CHACHA) gets ChaCha20; a client with AES-256 only
+    gets AES-256."""
+    assert negotiated_suite(srv.tls_port, "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256") == \
+        "TLS_AES_128_GCM_SHA256"
+    assert negotiated_suite(srv.tls_port, "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256") == \
+        "TLS_CHACHA20_POLY1305_SHA256"
+    assert negotiated_suite(srv.tls_port, "TLS_AES_256_GCM_SHA384") == "TLS_AES_256_GCM_SHA384"
 
 
 def test_ecdsa_and_rsa_for_one_name(make_daemon, certs):

@@ -190,7 +190,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->tls.min_version, 0x0303);
     assert_string_equal(c->tls.ciphers, "ECDHE+AESGCM:ECDHE+CHACHA20");
     assert_string_equal(c->tls.ciphersuites,
-                        "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256");
+                        "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
     assert_int_equal(c->tls.session_tickets, 1);
     assert_int_equal(c->tls.handshake_timeout, 30);
 
