@@ -85,6 +85,7 @@ struct jobq *jobq_new(unsigned nthreads, const char *name)
         if (pthread_create(&q->threads[i], NULL, worker_main, q) != 0)
             break;
         thread_name(q->threads[i], name);
+        thread_background(q->threads[i]); /* auth hashing, commits, Redis: the loops come first */
         q->nthreads++;
     }
     if (q->nthreads == 0) {

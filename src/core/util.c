@@ -419,6 +419,12 @@ void thread_name(pthread_t t, const char *role)
     (void)pthread_setname_np(t, name); /* best effort: only diagnostics */
 }
 
+int thread_background(pthread_t t)
+{
+    struct sched_param sp = {.sched_priority = 0};
+    return pthread_setschedparam(t, SCHED_BATCH, &sp) == 0 ? 0 : -1;
+}
+
 unsigned cpus_in_set(const cpu_set_t *set, int *out, unsigned max)
 {
     unsigned n = 0;

@@ -76,6 +76,13 @@ int random_bytes(void *buf, size_t n);
 /* Names a thread "submitd-<role>" (cut to the kernel's 15 bytes), so that
  * top -H, ps -L and perf show what each thread does. */
 void thread_name(pthread_t t, const char *role);
+/* Makes t a background thread (SCHED_BATCH): when it wakes it does not
+ * preempt the thread running on that CPU (an event loop in the middle of
+ * its sessions); it runs when a CPU is free or at the next scheduling
+ * point, with its fair share. Every thread but the event loops (and the
+ * main and control threads) is one. Best effort: 0, or -1 (left as it
+ * was). */
+int thread_background(pthread_t t);
 
 /* The numbers of the CPUs set in `set`, ascending, at most max of them;
  * returns how many. */

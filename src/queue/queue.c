@@ -868,6 +868,7 @@ int queue_start(struct queue *q)
             break;
         }
         thread_name(q->threads[i], "deliver");
+        thread_background(q->threads[i]);
         q->nthreads++;
     }
     logkv(LOG_LVL_INFO, NULL, "queue.started", "threads=%u queued=%zu", q->nthreads, found);

@@ -182,6 +182,37 @@ def test_threads_named_by_role(make_daemon):
     assert all(n == "submitd" or n.startswith("submitd-") for n in names), names
 
 
+def thread_policies(pid):
+    """{thread name: set of scheduling policies} (field 41 of
+    /proc/PID/task/TID/stat: 0 SCHED_OTHER, 3 SCHED_BATCH)."""
+    import os
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                st = f.read()
+        except FileNotFoundError:
+            continue
+        name = st[st.index("(") + 1:st.rindex(")")]
+        policy = int(st[st.rindex(")") + 2:].split()[38])  # fields from 3 on
+        out.setdefault(name, set()).add(policy)
+    return out
+
+
+def test_background_threads_do_not_preempt_the_loops(make_daemon):
+    """Delivery, journal, commit, auth and abuse threads run as SCHED_BATCH
+    (no wake-up preemption of the event loops); the loops stay
+    SCHED_OTHER."""
+    d = make_daemon()
+    with d.login(ALICE, pw(ALICE)) as c:  # starts the journal's lane threads
+        c.send_mail(ALICE, ["bg@dest.test"], make_msg(ALICE, "bg@dest.test", "bg"))
+    d.wait_mail(1)
+    pol = thread_policies(d.pid)
+    assert pol["submitd-loop"] == {0}, pol
+    for role in ("deliver", "journal", "commit", "auth", "abuse"):
+        assert pol[f"submitd-{role}"] == {3}, (role, pol)
+
+
 def test_journal_full_falls_back_to_files(make_daemon):
     """With `journal-segments 2` (16 MiB) and the messages kept from
     delivery (their smarthost accepts the connection and never greets),

@@ -38,6 +38,33 @@ static void test_qid(void **state)
     assert_false(qid_valid("../../etc/passwd"));
 }
 
+static void *idle_thread(void *arg)
+{
+    char c;
+    ssize_t r = read(*(int *)arg, &c, 1); /* alive until the test writes */
+    (void)r;
+    return NULL;
+}
+
+/* thread_background makes a thread SCHED_BATCH. */
+static void test_thread_background(void **state)
+{
+    (void)state;
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, idle_thread, &p[0]), 0);
+    assert_int_equal(thread_background(t), 0);
+    int policy = -1;
+    struct sched_param sp;
+    assert_int_equal(pthread_getschedparam(t, &policy, &sp), 0);
+    assert_int_equal(policy, SCHED_BATCH);
+    assert_int_equal(write(p[1], "x", 1), 1);
+    pthread_join(t, NULL);
+    close(p[0]);
+    close(p[1]);
+}
+
 /* cpus_in_set lists the set's CPUs in order, bounded by max; cpus_allowed
  * gives at least one. */
 static void test_cpus(void **state)
@@ -247,7 +274,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qid),      cmocka_unit_test(test_strbuf),    cmocka_unit_test(test_errlist),
         cmocka_unit_test(test_str),      cmocka_unit_test(test_log_q),     cmocka_unit_test(test_iptable),
-        cmocka_unit_test(test_authcache), cmocka_unit_test(test_jobq), cmocka_unit_test(test_cpus),
+        cmocka_unit_test(test_authcache), cmocka_unit_test(test_jobq), cmocka_unit_test(test_cpus), cmocka_unit_test(test_thread_background),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
