@@ -176,6 +176,7 @@ static int sign_all(struct dkim_state *st, const struct msg_view *v, const struc
     dkim_canon_selected(d->canon_header, sel, nsel, &hdrs);
     int64_t now = (int64_t)time(NULL);
     int rc = 0;
+    char signed_by[600] = ""; /* d/s/a of each signature, for the queued line */
     for (int i = 0; i < 2 && !rc; i++) {
         const struct dkim_key_cfg *k = keys[i];
         if (!k)
@@ -197,8 +198,15 @@ static int sign_all(struct dkim_state *st, const struct msg_view *v, const struc
             continue;
         }
         char q1[LOGQ_MAX], q2[LOGQ_MAX];
-        logkv(LOG_LVL_INFO, v->lc, "dkim.signed", "d=%s s=%s a=%s", log_q(q1, sizeof(q1), d->domain),
+        logkv(LOG_LVL_DEBUG, v->lc, "dkim.signed", "d=%s s=%s a=%s", log_q(q1, sizeof(q1), d->domain),
               log_q(q2, sizeof(q2), k->selector), dkim_alg_name(k->alg));
+        size_t used = strlen(signed_by);
+        snprintf(signed_by + used, sizeof(signed_by) - used, "%s%s/%s/%s", used ? "," : "", d->domain, k->selector,
+                 dkim_alg_name(k->alg));
+    }
+    if (!rc && signed_by[0]) { /* one field on the `queued` line rather than a line per signature */
+        char q[LOGQ_MAX];
+        msg_note(v, "dkim=%s", log_q(q, sizeof(q), signed_by));
     }
     sb_free(&hdrs);
     free(sel);

@@ -4,6 +4,7 @@
  * not be checked), a From: whose addresses are not all the account's own,
  * or that holds more than 16 addresses (553 5.7.1), and adds
  * Message-ID and Date when the message has none (RFC 6409 section 8). */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,4 +112,22 @@ static const struct msg_hook header_hook = {
 };
 
 const struct msg_hook *const msg_hooks[] = {&header_hook, &dkim_hook};
+
+void msg_note(const struct msg_view *v, const char *fmt, ...)
+{
+    if (!v->note || v->note_size == 0)
+        return;
+    size_t len = strlen(v->note);
+    if (len + 2 >= v->note_size)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(v->note + len + 1, v->note_size - len - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= v->note_size - len - 1) {
+        v->note[len] = '\0'; /* did not fit: nothing of it */
+        return;
+    }
+    v->note[len] = ' ';
+}
 const size_t msg_hooks_count = sizeof(msg_hooks) / sizeof(msg_hooks[0]);

@@ -21,7 +21,15 @@ struct msg_view {
     const char *login;
     const struct envelope *env; /* id, from, rcpts known at begin */
     const struct log_ctx *lc;
+    /* Fields a hook adds to the message's `queued` log line (" key=value",
+     * already quoted); NUL-terminated, bounded by note_size. */
+    char *note;
+    size_t note_size;
 };
+
+/* Appends " " and the formatted field to v->note (dropped when it does
+ * not fit whole). */
+void msg_note(const struct msg_view *v, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 struct msg_hook {
     const char *name;

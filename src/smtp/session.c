@@ -78,6 +78,7 @@ struct txn {
     struct abuse_msg abuse; /* end-of-data checks, in the commit job or on the loop */
     int abuse_done;        /* abuse checked on the loop already */
     int held;              /* 1 queued held, -1 holding failed */
+    char note[512];        /* the hooks' fields for the `queued` line (msg_note) */
 };
 
 enum { COMMIT_REFUSED = -2, COMMIT_RETRY = 1 };
@@ -292,7 +293,8 @@ static int data_sink(void *arg, const char *buf, size_t n)
 
 static struct msg_view make_view(struct session *s)
 {
-    struct msg_view v = {.cfg = s->snap.cfg, .account = s->account, .login = s->login, .env = &s->txn.env, .lc = &s->lc};
+    struct msg_view v = {.cfg = s->snap.cfg, .account = s->account, .login = s->login, .env = &s->txn.env, .lc = &s->lc,
+                         .note = s->txn.note, .note_size = sizeof(s->txn.note)};
     return v;
 }
 
@@ -392,9 +394,9 @@ static void commit_done(void *arg)
     s->job_pending = 0;
     char q[LOGQ_MAX];
     if (s->txn.result == 0) {
-        logkv(LOG_LVL_INFO, &s->lc, "queued", "from=<%s> nrcpt=%zu size=%llu%s%s",
+        logkv(LOG_LVL_INFO, &s->lc, "queued", "from=<%s> nrcpt=%zu size=%llu%s%s%s",
               log_q(q, sizeof(q), s->txn.env.mail_from), s->txn.env.nrcpts, (unsigned long long)s->txn.env.size,
-              s->authed ? "" : " trusted=yes", s->txn.held == 1 ? " held=abuse" : "");
+              s->authed ? "" : " trusted=yes", s->txn.held == 1 ? " held=abuse" : "", s->txn.note);
         if (s->txn.held == -1) /* committed, but the hold could not be recorded: deliver rather than strand it */
             logkv(LOG_LVL_ERR, &s->lc, "abuse.hold_failed", "note=\"delivering it normally\"");
         if (s->txn.held != 1)
@@ -1372,8 +1374,8 @@ struct session *session_new(struct worker *w, int fd, const struct sockaddr *sa,
         return NULL;
     }
     io_set_cbs(s->io, on_read, on_drained, on_event, s);
-    logkv(LOG_LVL_INFO, &s->lc, "session.start", "listener=%s worker=%u%s", s->lcfg->name, w->idx,
-          s->trusted ? " trusted=yes" : "");
+    logkv(LOG_LVL_INFO, &s->lc, "session.start", "listener=%s%s worker=%u", s->lcfg->name,
+          s->trusted ? " trusted=yes" : "", w->idx);
     if (implicit) {
         unsigned hs = s->snap.cfg->tls.handshake_timeout * 1000u;
         io_set_timeouts(s->io, hs, hs);

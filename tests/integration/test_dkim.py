@@ -215,6 +215,20 @@ def test_other_domains_unsigned_and_one_algorithm(make_daemon, dkimenv):
     assert b"DKIM-Signature:" not in data
     data = send(d, make_msg(ALICE, "edonly@dest.test", "ed only"), rcpt="edonly@dest.test")
     assert_verifies(dkimenv, data, algs=("ed25519-sha256",))
+    # the queued line names the signatures; the unsigned message's has none
+    queued = d.log_lines(r"event=queued ")
+    assert len(queued) == 2, queued
+    assert " dkim=" not in queued[0], queued[0]
+    assert queued[1].endswith(f" dkim={DOMAIN}/ed1/ed25519-sha256"), queued[1]
+
+
+def test_queued_line_names_both_signatures(make_daemon, dkimenv):
+    d = make_daemon(extra=block(dkimenv))
+    send(d, make_msg(ALICE, "both@dest.test", "both"), rcpt="both@dest.test")
+    queued = d.log_lines(r"event=queued ")
+    assert len(queued) == 1 and queued[0].endswith(f" dkim={DOMAIN}/rsa1/rsa-sha256,{DOMAIN}/ed1/ed25519-sha256"), \
+        queued
+    assert not d.log_lines(r"event=dkim\.signed"), "dkim.signed is a debug line"
 
 
 def test_retry_sends_the_same_signed_bytes(make_daemon, dkimenv):
