@@ -197,9 +197,11 @@ static int sign_all(struct dkim_state *st, const struct msg_view *v, const struc
             rc = failed(st, v, k, err, reply, rlen);
             continue;
         }
-        char q1[LOGQ_MAX], q2[LOGQ_MAX];
-        logkv(LOG_LVL_DEBUG, v->lc, "dkim.signed", "d=%s s=%s a=%s", log_q(q1, sizeof(q1), d->domain),
-              log_q(q2, sizeof(q2), k->selector), dkim_alg_name(k->alg));
+        if (log_enabled(LOG_LVL_DEBUG)) { /* log_q per signature, not for nothing */
+            char q1[LOGQ_MAX], q2[LOGQ_MAX];
+            logkv(LOG_LVL_DEBUG, v->lc, "dkim.signed", "d=%s s=%s a=%s", log_q(q1, sizeof(q1), d->domain),
+                  log_q(q2, sizeof(q2), k->selector), dkim_alg_name(k->alg));
+        }
         size_t used = strlen(signed_by);
         snprintf(signed_by + used, sizeof(signed_by) - used, "%s%s/%s/%s", used ? "," : "", d->domain, k->selector,
                  dkim_alg_name(k->alg));

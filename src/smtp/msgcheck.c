@@ -3,7 +3,9 @@
  * section longer than limits.header-size (552 5.3.4: fields past it could
  * not be checked), a From: whose addresses are not all the account's own,
  * or that holds more than 16 addresses (553 5.7.1), and adds
- * Message-ID and Date when the message has none (RFC 6409 section 8). */
+ * Message-ID and Date when the message has none (RFC 6409 section 8).
+ * Also holds the hook table and msg_note (the hooks' fields for the
+ * `queued` log line). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,6 +114,7 @@ static const struct msg_hook header_hook = {
 };
 
 const struct msg_hook *const msg_hooks[] = {&header_hook, &dkim_hook};
+const size_t msg_hooks_count = sizeof(msg_hooks) / sizeof(msg_hooks[0]);
 
 void msg_note(const struct msg_view *v, const char *fmt, ...)
 {
@@ -124,10 +127,6 @@ void msg_note(const struct msg_view *v, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(v->note + len + 1, v->note_size - len - 1, fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= v->note_size - len - 1) {
-        v->note[len] = '\0'; /* did not fit: nothing of it */
-        return;
-    }
-    v->note[len] = ' ';
+    if (n >= 0 && (size_t)n < v->note_size - len - 1)
+        v->note[len] = ' '; /* it fit: joined on; else note[len] stays the end */
 }
-const size_t msg_hooks_count = sizeof(msg_hooks) / sizeof(msg_hooks[0]);

@@ -1253,6 +1253,22 @@ static void test_hook_failures(void **state)
     sb_free(&pre);
 }
 
+/* msg_note appends " field" while it fits whole, and drops what does not. */
+static void test_msg_note(void **state)
+{
+    (void)state;
+    char note[16] = "";
+    struct msg_view v = {.note = note, .note_size = sizeof(note)};
+    msg_note(&v, "a=%d", 1);
+    assert_string_equal(note, " a=1");
+    msg_note(&v, "dkim=%s", "too-long-for-it");
+    assert_string_equal(note, " a=1");
+    msg_note(&v, "b=%s", "xyz");
+    assert_string_equal(note, " a=1 b=xyz");
+    struct msg_view none = {0};
+    msg_note(&none, "c=1"); /* no buffer: nothing happens */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1272,6 +1288,7 @@ int main(void)
         cmocka_unit_test(test_hook_end_to_end),
         cmocka_unit_test(test_hook_shapes),
         cmocka_unit_test(test_hook_failures),
+        cmocka_unit_test(test_msg_note),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
