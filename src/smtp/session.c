@@ -605,7 +605,7 @@ struct auth_job {
     struct authcache *cache;
     struct abuse *abuse;
     struct abuse_auth ab;
-    int cache_hit; /* verified from the cache already (inline fast path) */
+    int cache_hit; /* verified from the cache (inline, or on the job thread) */
     int result;
 };
 
@@ -625,6 +625,13 @@ static void auth_work(void *arg)
         passwd_verify_dummy(j->pass);
         j->result = AUTH_BAD;
     } else {
+        /* Look again on the job thread: the logins that queued behind a
+         * verification of the same password (a burst of connections as
+         * the entry expired, or every login when the abuse checks ask
+         * Redis and there is no inline path) find its result here instead
+         * of running the slow hash once each. */
+        if (!j->cache_hit && !a->suspended && authcache_check(j->cache, a->login, j->pass, a->hash))
+            j->cache_hit = 1;
         int r = j->cache_hit ? 1 : passwd_verify(a->hash, j->pass);
         if (r == 1 && !j->cache_hit)
             authcache_put(j->cache, a->login, j->pass, a->hash);
@@ -664,9 +671,11 @@ static void auth_fail_timer(evutil_socket_t fd, short what, void *arg)
     auth_failed_reply(arg, "535 5.7.8 Authentication credentials invalid", 0);
 }
 
-/* Takes over the reference `acc`. `cached`: called from inside the input
- * loop (cache hit), which then simply goes on; otherwise resume reading. */
-static void auth_success(struct session *s, struct accounts *acc, const struct account *a, const char *login, int cached)
+/* Takes over the reference `acc`. `inline_call`: called from inside the
+ * input loop (cache hit), which then simply goes on; otherwise resume
+ * reading. `cached`: verified from the cache (logged). */
+static void auth_success(struct session *s, struct accounts *acc, const struct account *a, const char *login,
+                         int inline_call, int cached)
 {
     char q[LOGQ_MAX];
     s->authed = 1;
@@ -677,18 +686,19 @@ static void auth_success(struct session *s, struct accounts *acc, const struct a
     logkv(LOG_LVL_INFO, &s->lc, "auth.ok", "login=%s cached=%d", log_q(q, sizeof(q), login), cached);
     reply(s, "235 2.7.0 Authentication successful");
     set_state(s, ST_READY);
-    if (cached)
+    if (inline_call)
         return;
     io_set_timeouts(s->io, idle_ms(s), idle_ms(s));
     io_read_enable(s->io, 1);
     process(s);
 }
 
-/* The verdict of auth_work, on the session's loop; `cached`: inline. */
-static void auth_finish(struct session *s, struct auth_job *j, int cached)
+/* The verdict of auth_work, on the session's loop; `inline_call`: from
+ * inside the input loop (cache hit on the fast path). */
+static void auth_finish(struct session *s, struct auth_job *j, int inline_call)
 {
     if (j->result == AUTH_OK) {
-        auth_success(s, j->acc, j->account, j->login, cached);
+        auth_success(s, j->acc, j->account, j->login, inline_call, j->cache_hit);
         free(j);
         return;
     }
@@ -700,7 +710,7 @@ static void auth_finish(struct session *s, struct auth_job *j, int cached)
         reply_err(s, "525 5.7.13 User account disabled");
         if (s->state != ST_CLOSING) {
             set_state(s, ST_READY);
-            if (!cached) {
+            if (!inline_call) {
                 io_set_timeouts(s->io, idle_ms(s), idle_ms(s));
                 io_read_enable(s->io, 1);
                 process(s);
@@ -715,7 +725,7 @@ static void auth_finish(struct session *s, struct auth_job *j, int cached)
         char text[ABUSE_REPLY_MAX];
         str_copy(text, j->ab.reply, sizeof(text));
         free(j);
-        auth_failed_reply(s, text, cached);
+        auth_failed_reply(s, text, inline_call);
         return;
     }
     unsigned delay = j->ab.delay_ms;

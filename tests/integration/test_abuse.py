@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from harness import (ALICE, BOB, CAROL, DAVE, SLOW, assert_reply, b64, dot_stuff, free_port, make_msg, pw, queued_id,
+from harness import (ALICE, ARGON, BOB, CAROL, DAVE, SLOW, assert_reply, b64, dot_stuff, free_port, make_msg, pw, queued_id,
                      submitctl, wait_until)
 
 WINDOW = 2  # seconds: the short windows the tests use
@@ -395,6 +395,19 @@ def test_two_daemons_share_limits_through_redis(make_daemon, redis):
         refused(auth(c, BOB, pw(BOB)), 454, "4.7.0", "Too many failed logins from your address")
     for d in (d1, d2):
         assert not d.log_lines(r"ratelimit\.backend_down")
+
+
+def test_verified_logins_are_cached_with_redis_counters(make_daemon, redis):
+    """With the counters in Redis every login goes through an auth thread;
+    the verified-credential cache still spares it the slow hash."""
+    d = make_daemon(extra=ratelimit(f"backend redis://127.0.0.1:{redis.port}/4", "messages 100/1m"))
+    for _ in range(3):
+        with login(d, ARGON):
+            pass
+    oks = d.log_lines(r"event=auth\.ok .*login=" + re.escape(ARGON))
+    assert [l.split("cached=")[1][:1] for l in oks] == ["0", "1", "1"], oks
+    with session(d) as c:
+        assert_reply(auth(c, ARGON, pw(ARGON) + "x"), 535, "5.7.8")
 
 
 def test_redis_down_falls_back_to_local_counters(make_daemon, tmp_path):

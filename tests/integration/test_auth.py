@@ -2,9 +2,11 @@
 replies (535 with a growing per-IP delay, cancel, bad base64, twice,
 unknown mechanism, suspended account) and the per-session failure limit."""
 
+import re
+import threading
 import time
 
-from harness import (ALICE, BOB, DAVE, assert_reply, b64, pw)
+from harness import (ALICE, ARGON, BOB, DAVE, SLOW, assert_reply, b64, pw)
 
 
 def plain_client(d):
@@ -172,3 +174,40 @@ def test_auth_delay_capped(make_daemon):
         assert times[2] >= 0.25 and times[3] >= 0.25, times
         # capped at 250 ms (+ hashing and scheduling slack)
         assert times[3] < 1.5, times
+
+
+def test_a_burst_of_logins_runs_the_slow_hash_once(make_daemon):
+    """Sessions that log in with the same password while it is being
+    verified (a burst of connections at start, or as the cache entry
+    expires) take the first verification's result instead of running
+    argon2id once each: with one auth thread, one verification per burst."""
+    d = make_daemon(top={"auth-threads": "1", "auth-cache-ttl": "2"})
+    n = 8
+
+    def burst():
+        since = d.log_size()
+        clients = [tls_client(d) for _ in range(n)]
+        gate = threading.Barrier(n)
+        replies = [None] * n
+
+        def one(i):
+            gate.wait(10)
+            replies[i] = clients[i].cmd("AUTH PLAIN " + b64(f"\0{ARGON}\0{pw(ARGON)}"))
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60 * SLOW)
+        for c in clients:
+            c.close()
+        for r in replies:
+            assert_reply(r, 235, "2.7.0")
+        oks = d.log_lines(r"event=auth\.ok .*login=" + re.escape(ARGON), since)
+        assert len(oks) == n, oks
+        return [l for l in oks if "cached=0" in l]
+
+    verified = burst()
+    assert len(verified) == 1, verified
+    time.sleep(2.5)  # the entry expires
+    verified = burst()
+    assert len(verified) == 1, verified
