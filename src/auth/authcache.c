@@ -8,13 +8,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/accounts.h"
+#include "auth/passwd.h"
+#include "core/jobq.h"
+#include "core/log.h"
 #include "core/util.h"
 
 #define STRIPES 64
 
 struct slot {
     uint8_t digest[32];
-    uint64_t expires; /* monotonic ms; 0 = empty */
+    uint64_t expires;   /* monotonic ms; 0 = empty */
+    uint64_t refreshed; /* == expires: this entry's renewal was handed out */
 };
 
 struct authcache {
@@ -93,11 +98,17 @@ int authcache_check(struct authcache *c, const char *login, const char *password
     size_t i = slot_of(c, d);
     pthread_mutex_t *l = &c->locks[i % STRIPES];
     uint64_t now = now_ms();
+    uint64_t ttl = atomic_load(&c->ttl_ms);
     pthread_mutex_lock(l);
-    int hit = c->slots[i].expires > now && mem_eq_ct(c->slots[i].digest, d, 32);
+    struct slot *sl = &c->slots[i];
+    int r = sl->expires > now && mem_eq_ct(sl->digest, d, 32) ? AUTHCACHE_HIT : AUTHCACHE_MISS;
+    if (r == AUTHCACHE_HIT && sl->expires - now < ttl / 4 && sl->refreshed != sl->expires) {
+        sl->refreshed = sl->expires; /* one renewal per entry, even if it fails */
+        r = AUTHCACHE_REFRESH;
+    }
     pthread_mutex_unlock(l);
     mem_wipe(d, sizeof(d));
-    return hit;
+    return r;
 }
 
 void authcache_put(struct authcache *c, const char *login, const char *password, const char *hash)
@@ -113,8 +124,45 @@ void authcache_put(struct authcache *c, const char *login, const char *password,
     pthread_mutex_lock(l);
     memcpy(c->slots[i].digest, d, 32);
     c->slots[i].expires = now_ms() + ttl;
+    c->slots[i].refreshed = 0;
     pthread_mutex_unlock(l);
     mem_wipe(d, sizeof(d));
+}
+
+struct refresh_job {
+    struct authcache *c;
+    struct accounts *acc;
+    const char *login, *hash; /* in acc */
+    char pass[];
+};
+
+static void refresh_work(void *arg)
+{
+    struct refresh_job *j = arg;
+    int ok = passwd_verify(j->hash, j->pass) == 1;
+    if (ok)
+        authcache_put(j->c, j->login, j->pass, j->hash);
+    mem_wipe(j->pass, strlen(j->pass));
+    if (log_enabled(LOG_LVL_DEBUG)) {
+        char q[LOGQ_MAX];
+        logkv(LOG_LVL_DEBUG, NULL, "auth.cache_refresh", "login=%s renewed=%s", log_q(q, sizeof(q), j->login),
+              ok ? "yes" : "no");
+    }
+    accounts_unref(j->acc);
+    free(j);
+}
+
+void authcache_refresh(struct authcache *c, struct jobq *q, struct accounts *acc, const char *login,
+                       const char *password, const char *hash)
+{
+    size_t n = strlen(password);
+    struct refresh_job *j = xcalloc(1, sizeof(*j) + n + 1);
+    j->c = c;
+    j->acc = accounts_ref(acc);
+    j->login = login;
+    j->hash = hash;
+    memcpy(j->pass, password, n + 1);
+    jobq_submit(q, NULL, refresh_work, NULL, j); /* no home: nothing to hand back */
 }
 
 void authcache_clear(struct authcache *c)

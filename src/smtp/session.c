@@ -603,11 +603,22 @@ struct auth_job {
     char pass[SASL_PASS_MAX + 1];
     const struct account *account;
     struct authcache *cache;
+    struct jobq *jobs; /* the auth threads (a cache renewal goes there) */
     struct abuse *abuse;
     struct abuse_auth ab;
     int cache_hit; /* verified from the cache (inline, or on the job thread) */
     int result;
 };
+
+/* 1 when the cache vouches for the job's password; a hit near the end of
+ * the entry's life also has it verified again in the background. */
+static int cache_lookup(struct auth_job *j, const struct account *a)
+{
+    int r = authcache_check(j->cache, a->login, j->pass, a->hash);
+    if (r == AUTHCACHE_REFRESH)
+        authcache_refresh(j->cache, j->jobs, j->acc, a->login, j->pass, a->hash);
+    return r != AUTHCACHE_MISS;
+}
 
 /* The abuse checks around the verification. On an AUTH job thread, or
  * inline for a cache hit when the checks cannot block. */
@@ -630,8 +641,8 @@ static void auth_work(void *arg)
          * the entry expired, or every login when the abuse checks ask
          * Redis and there is no inline path) find its result here instead
          * of running the slow hash once each. */
-        if (!j->cache_hit && !a->suspended && authcache_check(j->cache, a->login, j->pass, a->hash))
-            j->cache_hit = 1;
+        if (!j->cache_hit && !a->suspended)
+            j->cache_hit = cache_lookup(j, a);
         int r = j->cache_hit ? 1 : passwd_verify(a->hash, j->pass);
         if (r == 1 && !j->cache_hit)
             authcache_put(j->cache, a->login, j->pass, a->hash);
@@ -756,6 +767,7 @@ static void auth_verify(struct session *s)
     j->s = s;
     j->acc = server_accounts(s->srv);
     j->cache = s->srv->authcache;
+    j->jobs = s->srv->auth_jobs;
     j->abuse = s->srv->abuse;
     str_copy(j->login, s->sasl->user, sizeof(j->login));
     memcpy(j->pass, s->sasl->pass, sizeof(j->pass));
@@ -768,7 +780,7 @@ static void auth_verify(struct session *s)
     /* Fast path: verified recently with this very password and hash, and
      * the abuse checks answer without blocking. */
     const struct account *a = j->acc ? accounts_find(j->acc, j->login) : NULL;
-    if (a && !a->suspended && !abuse_remote(j->abuse) && authcache_check(j->cache, a->login, j->pass, a->hash)) {
+    if (a && !a->suspended && !abuse_remote(j->abuse) && cache_lookup(j, a)) {
         j->cache_hit = 1;
         auth_work(j);
         auth_finish(s, j, 1);

@@ -192,8 +192,9 @@ class Daemon:
             f"accounts {self.accounts}",
             f"pid-file {self.pid_file}",
             "log stderr",
-            "log-level info",
         ]
+        if "log-level" not in self.top:
+            out.append("log-level info")
         for k, v in self.top.items():
             if v is not None:
                 out.append(f"{k} {v}")

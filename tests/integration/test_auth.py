@@ -211,3 +211,28 @@ def test_a_burst_of_logins_runs_the_slow_hash_once(make_daemon):
     time.sleep(2.5)  # the entry expires
     verified = burst()
     assert len(verified) == 1, verified
+
+
+def test_a_login_near_the_end_of_the_cache_entry_renews_it(make_daemon):
+    """A login in the last quarter of a cached entry's life is answered from
+    the cache and has the password verified again on an auth thread, so
+    that a credential in steady use does not fall out of the cache (where
+    the next burst of logins would wait for argon2id)."""
+    d = make_daemon(top={"auth-cache-ttl": "4", "log-level": "debug"})
+
+    def login():
+        with tls_client(d) as c:
+            c.auth_plain(ARGON, pw(ARGON))
+            c.check("QUIT", 221)
+
+    login()  # verified: the entry lives 4 s from about now
+    t1 = time.monotonic()
+    time.sleep(3.3)
+    login()  # from the cache, with less than 1 s left: renewed in the background
+    d.wait_log(r"event=auth\.cache_refresh login=" + re.escape(ARGON) + " renewed=yes")
+    time.sleep(max(0.0, t1 + 4.6 - time.monotonic()))
+    login()  # past the first entry's end: the renewed one answers
+    oks = d.log_lines(r"event=auth\.ok .*login=" + re.escape(ARGON))
+    assert [l.split("cached=")[1][:1] for l in oks] == ["0", "1", "1"], oks
+    assert len(d.log_lines(r"event=auth\.cache_refresh")) == 1
+    assert pw(ARGON) not in d.log_text()

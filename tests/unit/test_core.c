@@ -211,6 +211,17 @@ static void test_authcache(void **state)
     assert_true(authcache_check(c, "u", "pw", "$y$hash1"));
     usleep(60000);
     assert_false(authcache_check(c, "u", "pw", "$y$hash1")); /* expired */
+    /* the last quarter of an entry's life: the first hit there is asked
+     * to renew it, once; a new put starts a new life */
+    authcache_set_ttl(c, 1000);
+    authcache_put(c, "u", "pw", "$y$hash1");
+    assert_int_equal(authcache_check(c, "u", "pw", "$y$hash1"), AUTHCACHE_HIT);
+    usleep(850000);
+    assert_int_equal(authcache_check(c, "u", "pw2", "$y$hash1"), AUTHCACHE_MISS);
+    assert_int_equal(authcache_check(c, "u", "pw", "$y$hash1"), AUTHCACHE_REFRESH);
+    assert_int_equal(authcache_check(c, "u", "pw", "$y$hash1"), AUTHCACHE_HIT);
+    authcache_put(c, "u", "pw", "$y$hash1");
+    assert_int_equal(authcache_check(c, "u", "pw", "$y$hash1"), AUTHCACHE_HIT);
     authcache_set_ttl(c, 0);
     authcache_put(c, "u", "pw", "$y$hash1");
     assert_false(authcache_check(c, "u", "pw", "$y$hash1")); /* disabled */
