@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from harness import (ALICE, ARGON, BOB, CAROL, DAVE, SLOW, assert_reply, b64, dot_stuff, free_port, make_msg, pw, queued_id,
-                     submitctl, wait_until)
+from harness import (ALICE, ARGON, BOB, CAROL, DAVE, SLOW, assert_reply, b64, dot_stuff, free_port, make_msg, pw,
+                     queued_id, submitctl, wait_until)
 
 WINDOW = 2  # seconds: the short windows the tests use
 

@@ -22,6 +22,17 @@ def submit_three(d, tag):
     return sent
 
 
+def all_delivered_once(d, sent, timeout):
+    """Each (rcpt, msg, qid) of sent in the Maildir exactly once, byte for
+    byte, then nothing left in queue/ and no other mail."""
+    for rcpt, msg, qid in sent:
+        files = d.wait_mail(1, rcpt, timeout=timeout)
+        assert len(files) == 1, rcpt
+        assert_delivered(files[0], ALICE, rcpt, msg, qid=qid)
+    wait_until(lambda: d.spool_files("queue") == [], 10 * SLOW, what="queue/ empty after delivery")
+    assert len(d.mail_files()) == len(sent)
+
+
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_restart_recovery(make_daemon, how):
     d = make_daemon(start=False)
@@ -52,12 +63,7 @@ def test_restart_recovery(make_daemon, how):
     d.start()
     if len(files) < 3:
         d.wait_log(rf"event=journal.recovered messages={3 - len(files)} ", since=mark)
-    for rcpt, msg, qid in sent:
-        files = d.wait_mail(1, rcpt, timeout=20)
-        assert len(files) == 1, rcpt
-        assert_delivered(files[0], ALICE, rcpt, msg, qid=qid)
-    wait_until(lambda: d.spool_files("queue") == [], 10 * SLOW, what="queue/ empty after delivery")
-    assert len(d.mail_files()) == 3
+    all_delivered_once(d, sent, 20)
 
 
 def test_sighup_reload_accounts(make_daemon):
@@ -247,9 +253,4 @@ def test_journal_full_falls_back_to_files(make_daemon):
     d.extra = ""
     d.write_config()
     d.start()
-    for rcpt, msg, qid in sent:
-        got = d.wait_mail(1, rcpt, timeout=30)
-        assert len(got) == 1, rcpt
-        assert_delivered(got[0], ALICE, rcpt, msg, qid=qid)
-    wait_until(lambda: d.spool_files("queue") == [], 10 * SLOW, what="queue/ empty after delivery")
-    assert len(d.mail_files()) == 100
+    all_delivered_once(d, sent, 30)

@@ -152,6 +152,28 @@ static void drain_to_reply(struct srv *s, int fd)
     assert_string_equal(tail + strlen(tail) - rl, REPLY);
 }
 
+/* A TLS client on the client's end of the pair (set in *cctx). */
+static SSL *tls_client_on(int fd, SSL_CTX **cctx)
+{
+    *cctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(*cctx);
+    SSL *c = SSL_new(*cctx);
+    assert_non_null(c);
+    SSL_set_fd(c, fd);
+    return c;
+}
+
+/* Frees what blocked_starttls and tls_client_on made. */
+static void blocked_done(struct srv *s, SSL_CTX *ctx, int client_fd, SSL *c, SSL_CTX *cctx)
+{
+    SSL_free(c);
+    SSL_CTX_free(cctx);
+    io_free(s->io);
+    close(client_fd);
+    event_base_free(s->base);
+    SSL_CTX_free(ctx);
+}
+
 /* Plaintext sent after STARTTLS while the 220 cannot leave: never read as
  * a command, and the handshake that follows sees it first (it fails). */
 static void test_starttls_blocked_injection(void **state)
@@ -167,9 +189,8 @@ static void test_starttls_blocked_injection(void **state)
     assert_int_equal(s.got, 0);
     drain_to_reply(&s, fds[1]);
     /* a client hello after the injected text: TLS sees the text first */
-    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
-    SSL *c = SSL_new(cctx);
-    SSL_set_fd(c, fds[1]);
+    SSL_CTX *cctx;
+    SSL *c = tls_client_on(fds[1], &cctx);
     for (int i = 0; i < 2000 && !s.error && !s.tls_ready; i++) {
         ERR_clear_error();
         (void)SSL_connect(c);
@@ -178,12 +199,7 @@ static void test_starttls_blocked_injection(void **state)
     assert_int_equal(s.got, 0);
     assert_int_equal(s.tls_ready, 0);
     assert_int_equal(s.error, 1);
-    SSL_free(c);
-    SSL_CTX_free(cctx);
-    io_free(s.io);
-    close(fds[1]);
-    event_base_free(s.base);
-    SSL_CTX_free(ctx);
+    blocked_done(&s, ctx, fds[1], c, cctx);
 }
 
 /* The same blocked 220 and a well-behaved client: the swap happens once
@@ -198,9 +214,8 @@ static void test_starttls_blocked_clean(void **state)
     blocked_starttls(&s, ctx, fds);
     spin(&s, 10);
     drain_to_reply(&s, fds[1]);
-    SSL_CTX *cctx = SSL_CTX_new(TLS_client_method());
-    SSL *c = SSL_new(cctx);
-    SSL_set_fd(c, fds[1]);
+    SSL_CTX *cctx;
+    SSL *c = tls_client_on(fds[1], &cctx);
     int done = 0;
     for (int i = 0; i < 2000 && !s.error && !(done && s.tls_ready); i++) {
         ERR_clear_error();
@@ -217,12 +232,7 @@ static void test_starttls_blocked_clean(void **state)
         spin(&s, 1);
     assert_int_equal(s.got, strlen(cmd));
     assert_string_equal(s.text, cmd);
-    SSL_free(c);
-    SSL_CTX_free(cctx);
-    io_free(s.io);
-    close(fds[1]);
-    event_base_free(s.base);
-    SSL_CTX_free(ctx);
+    blocked_done(&s, ctx, fds[1], c, cctx);
 }
 
 int main(void)
